@@ -1,0 +1,37 @@
+"""The ``wsi-sam`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from app import __version__
+
+# subcommand modules under app.commands, in the order --help lists them
+COMMANDS = ["gui"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi-sam",
+        description="WSI-SAM Studio: segment whole-slide images with WSI-SAM, keep the "
+        "annotations in QuPath. With no subcommand the desktop app starts.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsi-sam {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"app.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `wsi-sam` and `wsi-sam SLIDE` both mean `wsi-sam gui [SLIDE]`.
+    if not args_list or (args_list[0] not in COMMANDS and not args_list[0].startswith("-")):
+        args_list = ["gui", *args_list]
+    args = parser.parse_args(args_list)
+    result: int = args.func(args)
+    return result
