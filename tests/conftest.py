@@ -22,3 +22,22 @@ def sample_slide() -> Path:
     from app import sample_slide_path
 
     return sample_slide_path()
+
+
+@pytest.fixture(scope="session")
+def mobile_sam():  # type: ignore[no-untyped-def]
+    """The real MobileSAM on the CPU, loaded once per test session (about a second)."""
+    from engine import load_sam
+
+    return load_sam(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fresh_wsi_sam(mobile_sam):  # type: ignore[no-untyped-def]
+    """WSI-SAM with freshly initialised heads on the session's MobileSAM."""
+    import torch
+
+    from engine.wsi_sam import WsiSam
+
+    torch.manual_seed(0)
+    return WsiSam(mobile_sam).eval()

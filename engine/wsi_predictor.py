@@ -1,0 +1,369 @@
+"""Prompts in slide coordinates -> WSI-SAM (or SAM) masks and polygons, with an embedding cache.
+
+A prompt picks a *field*: the 1024x1024 HR patch at the working magnification centred on the
+prompt, and the concentric 1024x1024 LR patch at half that magnification. Encoding a field is
+the slow part (two TinyViT passes), so encoded fields are kept in a memory-bounded LRU cache and
+a later prompt that fits inside a cached field reuses it: only the decoders run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import box as shapely_box
+
+from engine.geometry import mask_to_geometry
+from engine.patches import PATCH_SIZE, Field, choose_field, read_field
+from engine.slides import Slide
+from engine.wsi_sam import PatchFeatures, Prompts, WsiSam, postprocess_logits
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["wsi-sam", "sam"]
+MODES: tuple[str, ...] = ("wsi-sam", "sam")
+# A cached field is reused when the prompt lies at least this many HR pixels inside its HR patch.
+REUSE_MARGIN = 96
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be segmented: empty, malformed, or off the slide."""
+
+
+@dataclass
+class Candidate:
+    """One of several masks for an ambiguous prompt (a single point)."""
+
+    geometry: Polygon | MultiPolygon | None
+    score: float
+
+
+@dataclass
+class SegmentResult:
+    """The answer to one prompt.
+
+    Attributes:
+        geometry: the mask as a polygon in level-0 pixels (holes kept, simplified to about one
+            HR pixel), or None when the mask is empty.
+        score: the predicted IoU of the mask.
+        mask: (1024, 1024) bool, the mask on the HR patch.
+        field: the HR/LR field the mask came from.
+        mode: "wsi-sam" or "sam".
+        candidates: for a single-point prompt, every candidate (best first); else empty.
+        encoded: True when the field had to be encoded (a cache miss).
+        timings: seconds spent per stage ("read", "encode", "decode", "polygon", "total").
+    """
+
+    geometry: Polygon | MultiPolygon | None
+    score: float
+    mask: np.ndarray
+    field: Field
+    mode: str
+    candidates: list[Candidate] = field(default_factory=list)
+    encoded: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _CachedField:
+    field: Field
+    hr: PatchFeatures | None = None
+    lr: PatchFeatures | None = None
+
+    def nbytes(self) -> int:
+        return sum(f.nbytes() for f in (self.hr, self.lr) if f is not None)
+
+
+@dataclass
+class _Prompt:
+    box: np.ndarray | None  # (4,) level-0, clipped to the slide
+    points: np.ndarray | None  # (N, 2) level-0
+    labels: np.ndarray | None  # (N,)
+
+    def bbox(self) -> tuple[float, float, float, float]:
+        xs: list[float] = []
+        ys: list[float] = []
+        if self.box is not None:
+            xs += [float(self.box[0]), float(self.box[2])]
+            ys += [float(self.box[1]), float(self.box[3])]
+        if self.points is not None:
+            xs += self.points[:, 0].tolist()
+            ys += self.points[:, 1].tolist()
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+def _validate_prompt(
+    slide: Slide,
+    box: Sequence[float] | np.ndarray | None,
+    points: Sequence[Sequence[float]] | np.ndarray | None,
+    labels: Sequence[int] | np.ndarray | None,
+) -> _Prompt:
+    width, height = slide.dimensions
+    size = f"{width} x {height}"
+    box_arr: np.ndarray | None = None
+    if box is not None:
+        box_arr = np.asarray(box, dtype=np.float64).reshape(-1)
+        if box_arr.shape != (4,) or not np.all(np.isfinite(box_arr)):
+            raise PromptError(f"a box is four finite numbers x0,y0,x1,y1, got {box!r}")
+        x0, y0, x1, y1 = box_arr
+        if x1 <= x0 or y1 <= y0:
+            raise PromptError(f"box {tuple(box_arr)} is empty: it needs x1 > x0 and y1 > y0")
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise PromptError(f"box {tuple(box_arr)} lies outside the slide ({size} pixels)")
+        box_arr = np.array([max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)])
+    pts_arr: np.ndarray | None = None
+    lab_arr: np.ndarray | None = None
+    if points is not None and len(points) > 0:
+        pts_arr = np.asarray(points, dtype=np.float64)
+        if pts_arr.ndim != 2 or pts_arr.shape[1] != 2 or not np.all(np.isfinite(pts_arr)):
+            raise PromptError("points must be an (N, 2) array of finite x, y")
+        if labels is None:
+            lab_arr = np.ones(len(pts_arr), dtype=np.int64)
+        else:
+            lab_arr = np.asarray(labels, dtype=np.int64).reshape(-1)
+            if lab_arr.shape != (len(pts_arr),):
+                raise PromptError(f"{len(pts_arr)} points but {lab_arr.size} labels")
+            if not np.isin(lab_arr, (0, 1)).all():
+                raise PromptError("point labels are 1 (positive) or 0 (negative)")
+        for x, y in pts_arr:
+            if not (0 <= x < width and 0 <= y < height):
+                raise PromptError(
+                    f"point ({x:.0f}, {y:.0f}) lies outside the slide ({size} pixels)"
+                )
+    if box_arr is None and pts_arr is None:
+        raise PromptError("a prompt needs a box or at least one point")
+    if box_arr is None and lab_arr is not None and not (lab_arr == 1).any():
+        raise PromptError("points alone need at least one positive point")
+    return _Prompt(box_arr, pts_arr, lab_arr)
+
+
+class WsiSamPredictor:
+    """Segment objects on slides from prompts in level-0 pixels.
+
+    Args:
+        model: a loaded :class:`~engine.wsi_sam.WsiSam`.
+        magnification: the working (HR) magnification; the LR patch is at half of it.
+        adaptive: step the magnification down for objects too large for the HR patch and up for
+            tiny ones (never past level 0); False keeps it fixed, as in the paper's protocol.
+        default_magnification: level-0 magnification assumed for images without mpp/objective
+            power metadata.
+        cache_bytes: memory budget of the embedding cache.
+    """
+
+    def __init__(
+        self,
+        model: WsiSam,
+        *,
+        magnification: float = 10.0,
+        adaptive: bool = True,
+        default_magnification: float = 40.0,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
+        self.model = model
+        self.magnification = magnification
+        self.adaptive = adaptive
+        self.default_magnification = default_magnification
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, Any], _CachedField] = OrderedDict()
+        self.encoder_calls = 0  # number of patches encoded, for tests and status displays
+
+    # --- cache --------------------------------------------------------------------------------
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def cache_nbytes(self) -> int:
+        return sum(entry.nbytes() for entry in self._cache.values())
+
+    @staticmethod
+    def _slide_key(slide: Slide) -> str:
+        return str(slide.path)
+
+    def _pick_field(self, slide: Slide, prompt: _Prompt) -> Field:
+        """The field for a prompt: a cached one when the prompt fits inside it, else a new one."""
+        bbox = prompt.bbox()
+        boxed = prompt.box is not None
+        wanted = choose_field(
+            slide,
+            bbox,
+            magnification=self.magnification,
+            adaptive=self.adaptive and boxed,
+            default_magnification=self.default_magnification,
+        )
+        slide_key = self._slide_key(slide)
+        for (key_slide, _), entry in reversed(self._cache.items()):
+            if key_slide != slide_key:
+                continue
+            cached = entry.field
+            # A box's size decides the magnification; points alone may use any cached field.
+            if boxed and not np.isclose(cached.hr_downsample, wanted.hr_downsample):
+                continue
+            corners = cached.level0_to_hr(np.array([[bbox[0], bbox[1]], [bbox[2], bbox[3]]]))
+            lo, hi = REUSE_MARGIN, PATCH_SIZE - REUSE_MARGIN
+            if corners.min() >= lo and corners.max() <= hi:
+                return cached
+        return wanted
+
+    def is_cached(
+        self,
+        slide: Slide,
+        box: Sequence[float] | np.ndarray | None = None,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+    ) -> bool:
+        """Whether this prompt would be answered from the cache (no encoder run)."""
+        try:
+            prompt = _validate_prompt(slide, box, points, labels)
+        except PromptError:
+            return False
+        chosen = self._pick_field(slide, prompt)
+        return (self._slide_key(slide), chosen.key) in self._cache
+
+    def _features(
+        self, slide: Slide, chosen: Field, need_lr: bool, timings: dict[str, float]
+    ) -> tuple[_CachedField, bool]:
+        key = (self._slide_key(slide), chosen.key)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = _CachedField(chosen)
+        have_all = entry.hr is not None and (entry.lr is not None or not need_lr)
+        if have_all:
+            self._cache.move_to_end(key)
+            return entry, False
+        t0 = time.perf_counter()
+        hr_image, lr_image = read_field(slide, chosen)
+        timings["read"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        todo = []
+        if entry.hr is None:
+            todo.append(("hr", hr_image))
+        if need_lr and entry.lr is None:
+            todo.append(("lr", lr_image))
+        batch = torch.from_numpy(np.stack([img for _, img in todo])).permute(0, 3, 1, 2).float()
+        encoded = self.model.encode(batch)
+        self.encoder_calls += len(todo)
+        for i, (which, _) in enumerate(todo):
+            setattr(entry, which, encoded[i])
+        timings["encode"] = time.perf_counter() - t0
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        self._evict()
+        return entry, True
+
+    def _evict(self) -> None:
+        while len(self._cache) > 1 and self.cache_nbytes() > self.cache_bytes:
+            self._cache.popitem(last=False)
+
+    # --- segmentation -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        slide: Slide,
+        box: Sequence[float] | np.ndarray | None = None,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        mode: Mode | str = "wsi-sam",
+        multimask: bool | None = None,
+    ) -> SegmentResult:
+        """Segment the object a prompt points at.
+
+        Args:
+            slide: an open slide.
+            box: x0, y0, x1, y1 in level-0 pixels.
+            points: (N, 2) x, y in level-0 pixels.
+            labels: (N,) 1 for positive points, 0 for negative; all positive when omitted.
+            mode: "wsi-sam" (HR + LR heads) or "sam" (MobileSAM on the HR patch only).
+            multimask: return three candidates; by default only for a single point without a
+                box, where the prompt is ambiguous.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {"read": 0.0, "encode": 0.0}
+        prompt = _validate_prompt(slide, box, points, labels)
+        if multimask is None:
+            multimask = prompt.box is None and prompt.points is not None and len(prompt.points) == 1
+        chosen = self._pick_field(slide, prompt)
+        entry, encoded = self._features(slide, chosen, need_lr=(mode == "wsi-sam"), timings=timings)
+
+        t0 = time.perf_counter()
+        prompts = self._patch_prompts(chosen, prompt)
+        device = self.model.device
+        assert entry.hr is not None
+        hr = entry.hr.to(device)
+        if mode == "wsi-sam":
+            assert entry.lr is not None
+            out = self.model(hr, entry.lr.to(device), prompts, multimask_output=multimask)
+            logits, iou = out.hr_logits, out.iou_predictions
+        else:
+            logits, iou = self.model.sam_forward(hr, prompts, multimask_output=multimask)
+        masks = (postprocess_logits(logits)[0] > 0).cpu().numpy()  # (C, 1024, 1024)
+        scores = iou[0].float().cpu().numpy()
+        timings["decode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        inside = self._inside_slide(slide, chosen)
+        order = np.argsort(-scores)
+        candidates = []
+        for index in order:
+            mask = masks[index] & inside
+            candidates.append(Candidate(self._to_geometry(mask, chosen), float(scores[index])))
+        best = int(order[0])
+        timings["polygon"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        return SegmentResult(
+            geometry=candidates[0].geometry,
+            score=candidates[0].score,
+            mask=masks[best] & inside,
+            field=chosen,
+            mode=mode,
+            candidates=candidates if multimask else [],
+            encoded=encoded,
+            timings=timings,
+        )
+
+    @staticmethod
+    def _patch_prompts(chosen: Field, prompt: _Prompt) -> Prompts:
+        boxes = points = labels = None
+        if prompt.box is not None:
+            boxes = torch.as_tensor(chosen.box_level0_to_hr(prompt.box), dtype=torch.float32)[None]
+        if prompt.points is not None:
+            assert prompt.labels is not None
+            points = torch.as_tensor(chosen.level0_to_hr(prompt.points), dtype=torch.float32)[None]
+            labels = torch.as_tensor(prompt.labels, dtype=torch.int64)[None]
+        return Prompts(boxes=boxes, points=points, labels=labels)
+
+    @staticmethod
+    def _inside_slide(slide: Slide, chosen: Field) -> np.ndarray:
+        """(1024, 1024) bool: HR pixels whose centre lies on the slide (not padding)."""
+        width, height = slide.dimensions
+        centres = (np.arange(PATCH_SIZE) + 0.5) * chosen.hr_downsample
+        xs = chosen.hr_origin[0] + centres
+        ys = chosen.hr_origin[1] + centres
+        return ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) & (xs < width))[None, :]
+
+    @staticmethod
+    def _to_geometry(mask: np.ndarray, chosen: Field) -> Polygon | MultiPolygon | None:
+        geometry = mask_to_geometry(
+            mask,
+            scale=chosen.hr_downsample,
+            offset=chosen.hr_origin,
+            simplify_tolerance=1.0,
+            min_area=4 * chosen.hr_downsample**2,
+        )
+        return geometry
+
+
+def field_outline(chosen: Field) -> Polygon:
+    """The HR patch of a field as a level-0 rectangle (for display)."""
+    x0, y0 = chosen.hr_origin
+    side = PATCH_SIZE * chosen.hr_downsample
+    return shapely_box(x0, y0, x0 + side, y0 + side)

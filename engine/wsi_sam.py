@@ -1,0 +1,495 @@
+"""WSI-SAM: frozen MobileSAM plus two small learnable heads, one per resolution.
+
+Each head (:class:`WsiSamHead`) owns a new output token (1x256) that runs through a copy of SAM's
+two-way-transformer mask decoder together with SAM's own tokens, an MLP that turns the updated
+token into a 32-d mask weight vector, and a fusion module (as in HQ-SAM) that builds 32-channel
+features at 256x256 from
+
+- ``compress_vit_feat``: the early TinyViT feature (``layers[1]``, 160 ch at 64x64),
+- ``embedding_encoder``: the late feature (the neck output, 256 ch at 64x64),
+- ``embedding_maskfeature``: SAM's upscaled mask features (32 ch at 256x256).
+
+The HR head sees the 10x patch, the LR head the concentric 5x patch. Their updated tokens are
+merged (``"mean"`` as in the paper, ``"sum"`` as in the authors' code) and the merged token is
+applied as a point-wise product to both fused feature maps. SAM's own mask logits are added as a
+residual, and the last layer of each token MLP starts at zero, so untrained heads give exactly
+SAM's output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine.device import select_device
+from engine.sam.common import MLP, LayerNorm2d
+from engine.sam.sam import Sam
+
+logger = logging.getLogger(__name__)
+
+Aggregation = Literal["mean", "sum"]
+AGGREGATIONS: tuple[str, ...] = ("mean", "sum")
+
+PATCH_SIZE = 1024
+LOWRES_SIZE = 256
+# Format tag of the heads checkpoint: bump when the layout of the saved state changes.
+HEADS_FORMAT = "wsi-sam-heads/1"
+DEFAULT_HEADS_NAME = "wsi_sam_default.pt"
+
+
+class HeadsError(RuntimeError):
+    """A WSI-SAM heads checkpoint is missing, unreadable or does not fit the model."""
+
+
+def default_heads_path() -> Path:
+    """The heads shipped with the package (trained on GlaS), whether or not the file exists."""
+    return Path(str(resources.files("engine") / "heads" / DEFAULT_HEADS_NAME))
+
+
+@dataclass
+class Prompts:
+    """Prompts for a batch of 1024x1024 patches, in patch pixels.
+
+    Attributes:
+        boxes: (B, 4) x0, y0, x1, y1, or None.
+        points: (B, N, 2) x, y, or None.
+        labels: (B, N) 1 positive / 0 negative (required with ``points``).
+        masks: (B, 1, 256, 256) coarse mask logits (SAM's ``mask_input``), or None.
+    """
+
+    boxes: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.points is None) != (self.labels is None):
+            raise ValueError("points and labels must be given together")
+        if self.boxes is None and self.points is None and self.masks is None:
+            raise ValueError("a prompt needs a box, points or a mask")
+
+    @property
+    def batch_size(self) -> int:
+        for t in (self.boxes, self.points, self.masks):
+            if t is not None:
+                return int(t.shape[0])
+        raise AssertionError("unreachable: __post_init__ requires a prompt")
+
+    def to_lr(self) -> Prompts:
+        """Map HR-patch prompts onto the concentric LR patch: p -> p / 2 + 256.
+
+        A coarse mask covers the HR patch, so on the LR patch it is shrunk into the central half
+        (the rest stays at a strongly negative logit).
+        """
+        offset = PATCH_SIZE / 4
+        boxes = self.boxes / 2 + offset if self.boxes is not None else None
+        points = self.points / 2 + offset if self.points is not None else None
+        masks = None
+        if self.masks is not None:
+            half = F.interpolate(self.masks, scale_factor=0.5, mode="bilinear", align_corners=False)
+            masks = torch.full_like(self.masks, -20.0)
+            q = LOWRES_SIZE // 4
+            masks[:, :, q : q + half.shape[-2], q : q + half.shape[-1]] = half
+        return Prompts(boxes=boxes, points=points, labels=self.labels, masks=masks)
+
+    def to(self, device: torch.device | str) -> Prompts:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Prompts(move(self.boxes), move(self.points), move(self.labels), move(self.masks))
+
+
+@dataclass
+class PatchFeatures:
+    """Frozen-encoder outputs for a batch of patches.
+
+    Attributes:
+        embedding: (B, 256, 64, 64) neck output.
+        early: (B, 160, 64, 64) output of TinyViT ``layers[1]``.
+    """
+
+    embedding: torch.Tensor
+    early: torch.Tensor
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PatchFeatures:
+        return PatchFeatures(
+            self.embedding.to(device=device, dtype=dtype), self.early.to(device=device, dtype=dtype)
+        )
+
+    def half(self) -> PatchFeatures:
+        return PatchFeatures(self.embedding.half(), self.early.half())
+
+    def float(self) -> PatchFeatures:
+        return PatchFeatures(self.embedding.float(), self.early.float())
+
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.embedding, self.early))
+
+    def __getitem__(self, index: int | slice) -> PatchFeatures:
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return PatchFeatures(self.embedding[index], self.early[index])
+
+    @staticmethod
+    def cat(items: list[PatchFeatures]) -> PatchFeatures:
+        return PatchFeatures(
+            torch.cat([f.embedding for f in items]), torch.cat([f.early for f in items])
+        )
+
+
+@dataclass
+class WsiSamOutput:
+    """Output of :meth:`WsiSam.forward` (C = 1, or 3 with ``multimask_output``).
+
+    Attributes:
+        hr_logits: (B, C, 256, 256) WSI-SAM mask logits on the HR patch (patch / 4).
+        lr_logits: (B, C, 256, 256) WSI-SAM mask logits on the LR patch.
+        sam_hr_logits: (B, C, 256, 256) SAM's own logits on the HR patch (the residual).
+        sam_lr_logits: (B, C, 256, 256) SAM's own logits on the LR patch.
+        iou_predictions: (B, C) SAM's predicted IoU on the HR patch.
+    """
+
+    hr_logits: torch.Tensor
+    lr_logits: torch.Tensor
+    sam_hr_logits: torch.Tensor
+    sam_lr_logits: torch.Tensor
+    iou_predictions: torch.Tensor
+
+
+@dataclass
+class HeadOutput:
+    """What one head contributes before token aggregation.
+
+    Attributes:
+        token: (B, 32) the head's updated token after its MLP.
+        features: (B, 32, 256, 256) the fused features.
+        sam_logits: (B, C, 256, 256) SAM's own mask logits (residual).
+        iou_predictions: (B, C) SAM's IoU predictions.
+    """
+
+    token: torch.Tensor
+    features: torch.Tensor
+    sam_logits: torch.Tensor
+    iou_predictions: torch.Tensor
+
+
+def _upsample_block(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
+    """Two stride-2 transposed convs: (B, in_ch, H, W) -> (B, out_ch, 4H, 4W)."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_ch, mid_ch, kernel_size=2, stride=2),
+        LayerNorm2d(mid_ch),
+        nn.GELU(),
+        nn.ConvTranspose2d(mid_ch, out_ch, kernel_size=2, stride=2),
+    )
+
+
+class WsiSamHead(nn.Module):
+    """The learnable part of one resolution's mask decoder: token, token MLP and fusion module.
+
+    SAM's frozen mask decoder is shared, not copied: the head runs it with its token appended.
+    """
+
+    def __init__(
+        self, transformer_dim: int = 256, early_dim: int = 160, mask_feature_dim: int = 32
+    ) -> None:
+        super().__init__()
+        self.token = nn.Embedding(1, transformer_dim)
+        self.token_mlp = MLP(transformer_dim, transformer_dim, mask_feature_dim, 3)
+        self.compress_vit_feat = _upsample_block(early_dim, transformer_dim, mask_feature_dim)
+        self.embedding_encoder = _upsample_block(
+            transformer_dim, transformer_dim // 4, mask_feature_dim
+        )
+        self.embedding_maskfeature = nn.Sequential(
+            nn.Conv2d(mask_feature_dim, mask_feature_dim * 2, kernel_size=3, padding=1),
+            LayerNorm2d(mask_feature_dim * 2),
+            nn.GELU(),
+            nn.Conv2d(mask_feature_dim * 2, mask_feature_dim, kernel_size=3, padding=1),
+        )
+        self.reset_output()
+
+    def reset_output(self) -> None:
+        """Zero the token MLP's last layer: the head then adds nothing to SAM's logits.
+
+        Only this side of the product starts at zero; the fused features do not, so the first
+        gradient step moves the token away from zero.
+        """
+        last = cast(nn.Linear, self.token_mlp.layers[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(
+        self,
+        sam: Sam,
+        features: PatchFeatures,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        multimask_output: bool,
+    ) -> HeadOutput:
+        """Run SAM's decoder once plainly (residual) and once with this head's token.
+
+        Args:
+            sam: the frozen SAM whose mask decoder is run.
+            features: encoder outputs, embedding (B,256,64,64) and early (B,160,64,64).
+            sparse: (B, N, 256) sparse prompt embeddings.
+            dense: (B, 256, 64, 64) dense prompt embeddings.
+            multimask_output: SAM's three multimask outputs instead of the single one.
+        """
+        decoder = sam.mask_decoder
+        image_pe = sam.prompt_encoder.get_dense_pe()
+        # SAM's own answer, untouched by the new token (so fresh heads reproduce SAM exactly).
+        sam_masks, sam_iou, _, _ = decoder.predict_masks(
+            features.embedding, image_pe, sparse, dense
+        )
+        _, _, token_out, upscaled = decoder.predict_masks(
+            features.embedding, image_pe, sparse, dense, extra_tokens=self.token.weight
+        )
+        assert token_out is not None
+        token = self.token_mlp(token_out[:, 0, :])
+        fused = (
+            self.embedding_maskfeature(upscaled)
+            + self.embedding_encoder(features.embedding)
+            + self.compress_vit_feat(features.early)
+        )
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return HeadOutput(token, fused, sam_masks[:, chosen], sam_iou[:, chosen])
+
+
+class WsiSam(nn.Module):
+    """Frozen SAM with HR and LR heads and token aggregation."""
+
+    def __init__(
+        self,
+        sam: Sam,
+        aggregation: Aggregation = "mean",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.sam = sam
+        for p in self.sam.parameters():
+            p.requires_grad_(False)
+        self.sam.eval()
+        self.hr_head = WsiSamHead()
+        self.lr_head = WsiSamHead()
+        self.aggregation: Aggregation = aggregation
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.pixel_mean.device
+
+    def train(self, mode: bool = True) -> WsiSam:
+        super().train(mode)
+        self.sam.eval()  # SAM is frozen, also in training mode
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the two heads; SAM itself is frozen."""
+        return [*self.hr_head.parameters(), *self.lr_head.parameters()]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> PatchFeatures:
+        """Encode patches with the frozen TinyViT.
+
+        Args:
+            images: (B, 3, 1024, 1024) float RGB in 0..255, not normalised.
+        Returns:
+            PatchFeatures with embedding (B,256,64,64) and early (B,160,64,64).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B,3,H,W), got {tuple(images.shape)}")
+        x = self.sam.preprocess(images.to(self.device, torch.float32))
+        embedding, early = self.sam.image_encoder.forward_with_early(x)
+        return PatchFeatures(embedding, early)
+
+    def _embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        points = None
+        if prompts.points is not None:
+            assert prompts.labels is not None
+            points = (prompts.points.to(self.device), prompts.labels.to(self.device))
+        sparse, dense = self.sam.prompt_encoder(
+            points=points,
+            boxes=None if prompts.boxes is None else prompts.boxes.to(self.device),
+            masks=None if prompts.masks is None else prompts.masks.to(self.device),
+        )
+        batch = prompts.batch_size
+        if dense.shape[0] != batch:  # the no-mask embedding comes with batch 1
+            dense = dense.expand(batch, -1, -1, -1)
+        return sparse, dense
+
+    def merge_tokens(self, hr_token: torch.Tensor, lr_token: torch.Tensor) -> torch.Tensor:
+        """(B, 32), (B, 32) -> (B, 32): the paper averages, the authors' code sums."""
+        merged = hr_token + lr_token
+        return merged / 2 if self.aggregation == "mean" else merged
+
+    @staticmethod
+    def _apply_token(
+        token: torch.Tensor, features: torch.Tensor, sam_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """token (B,32) · features (B,32,H,W) + sam_logits (B,C,H,W) -> (B,C,H,W)."""
+        product = torch.einsum("bc,bchw->bhw", token, features)
+        return product[:, None] + sam_logits
+
+    def forward(
+        self,
+        hr: PatchFeatures,
+        lr: PatchFeatures,
+        prompts: Prompts,
+        multimask_output: bool = False,
+    ) -> WsiSamOutput:
+        """Masks on the HR and LR patches of a batch of fields.
+
+        Args:
+            hr: features of the HR (10x) patches, batch B.
+            lr: features of the concentric LR (5x) patches, batch B.
+            prompts: HR-patch prompts (the LR head gets ``prompts.to_lr()``).
+            multimask_output: use SAM's three multimask outputs as residuals (C = 3).
+        """
+        hr_sparse, hr_dense = self._embed_prompts(prompts)
+        lr_sparse, lr_dense = self._embed_prompts(prompts.to_lr())
+        hr_out = self.hr_head(self.sam, hr, hr_sparse, hr_dense, multimask_output)
+        lr_out = self.lr_head(self.sam, lr, lr_sparse, lr_dense, multimask_output)
+        token = self.merge_tokens(hr_out.token, lr_out.token)
+        return WsiSamOutput(
+            hr_logits=self._apply_token(token, hr_out.features, hr_out.sam_logits),
+            lr_logits=self._apply_token(token, lr_out.features, lr_out.sam_logits),
+            sam_hr_logits=hr_out.sam_logits,
+            sam_lr_logits=lr_out.sam_logits,
+            iou_predictions=hr_out.iou_predictions,
+        )
+
+    @torch.no_grad()
+    def sam_forward(
+        self, features: PatchFeatures, prompts: Prompts, multimask_output: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain SAM on one resolution: logits (B,C,256,256) and IoU predictions (B,C)."""
+        sparse, dense = self._embed_prompts(prompts)
+        masks, iou, _, _ = self.sam.mask_decoder.predict_masks(
+            features.embedding, self.sam.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, chosen], iou[:, chosen]
+
+    # --- heads checkpoint -------------------------------------------------------------------
+
+    def heads_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the new parameters: ``hr_head.*`` and ``lr_head.*``."""
+        return {
+            k: v.detach().cpu()
+            for k, v in self.state_dict().items()
+            if k.startswith(("hr_head.", "lr_head."))
+        }
+
+    def save_heads(self, path: str | Path, **metadata: Any) -> None:
+        """Write the heads and their metadata to a small checkpoint, atomically."""
+        path = Path(path)
+        meta = {**self.metadata, **metadata}
+        meta["aggregation"] = self.aggregation
+        meta.setdefault("saved", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+        payload = {"format": HEADS_FORMAT, "metadata": meta, "state_dict": self.heads_state_dict()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        self.metadata = meta
+
+    def load_heads(self, path: str | Path, aggregation: Aggregation | None = None) -> None:
+        """Load heads written by :meth:`save_heads`; every key must match."""
+        payload = read_heads_checkpoint(path)
+        state = payload["state_dict"]
+        expected = set(self.heads_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise HeadsError(
+                f"{path}: heads checkpoint does not fit this model "
+                f"(missing: {missing[:8]}, unexpected: {unexpected[:8]})"
+            )
+        own = self.state_dict()
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise HeadsError(
+                    f"{path}: {key} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(own[key].shape)}"
+                )
+        self.load_state_dict(state, strict=False)
+        meta = dict(payload.get("metadata", {}))
+        chosen = aggregation or meta.get("aggregation", self.aggregation)
+        if chosen not in AGGREGATIONS:
+            raise HeadsError(f"{path}: unknown aggregation {chosen!r}")
+        self.aggregation = cast(Aggregation, chosen)
+        meta["path"] = str(path)
+        self.metadata = meta
+
+
+def read_heads_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a heads checkpoint file; raise :class:`HeadsError` with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadsError(f"WSI-SAM heads checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise HeadsError(f"{path}: not a readable heads checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != HEADS_FORMAT:
+        raise HeadsError(
+            f"{path}: not a WSI-SAM heads checkpoint (expected format {HEADS_FORMAT!r})"
+        )
+    return cast(dict[str, Any], payload)
+
+
+def load_wsi_sam(
+    heads: str | Path | None = None,
+    device: str | torch.device = "auto",
+    checkpoint: str | Path | None = None,
+    aggregation: Aggregation | None = None,
+) -> WsiSam:
+    """Build WSI-SAM on the MobileSAM weights and load its heads.
+
+    Args:
+        heads: a heads checkpoint; None loads the shipped default heads when they are installed
+            (fresh heads, which reproduce SAM, otherwise); ``"none"`` forces fresh heads.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
+        checkpoint: a MobileSAM checkpoint instead of the packaged ``mobile_sam.pt``.
+        aggregation: override the heads' token aggregation (``"mean"`` or ``"sum"``).
+    """
+    from engine.weights import load_sam
+
+    sam = load_sam(checkpoint=checkpoint, device="cpu")
+    model = WsiSam(sam, aggregation=aggregation or "mean")
+    if heads is None:
+        default = default_heads_path()
+        if default.is_file():
+            model.load_heads(default, aggregation=aggregation)
+        else:
+            logger.warning("no default WSI-SAM heads at %s: using fresh heads (= SAM)", default)
+            model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
+    elif str(heads).lower() != "none":
+        model.load_heads(heads, aggregation=aggregation)
+    else:
+        model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
+    model.eval()
+    return model.to(select_device(device))
+
+
+def postprocess_logits(logits: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:
+    """(B, C, 256, 256) low-res logits -> (B, C, size, size), bilinear as SAM does."""
+    return F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
+
+
+def describe(model: WsiSam) -> dict[str, Any]:
+    """Plain-data summary of a model for logs and the UI."""
+    return {
+        "aggregation": model.aggregation,
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "device": str(model.device),
+        "metadata": dict(model.metadata),
+    }
