@@ -11,7 +11,9 @@ def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"{what} must be numbers separated by commas: {text!r}"
+        ) from None
     if len(values) not in count:
         raise argparse.ArgumentTypeError(f"{what} needs {' or '.join(map(str, count))} numbers")
     return values
