@@ -1,0 +1,50 @@
+"""QuPath bridge: QuPath GeoJSON both ways and QuPath projects (through paquo), as plain data.
+
+Geometries are shapely objects in level-0 slide pixels; classes are names with RGB colours.
+No Qt, no torch. Reading GeoJSON and reading a project's image list and classes work without
+QuPath; reading or writing a project's objects needs QuPath (found through paquo, see
+:func:`qupath_status`). See :mod:`qupath_bridge.project` for how the app's annotations are kept
+safely in a project when QuPath is absent.
+
+    >>> from qupath_bridge import read_geojson, write_geojson, open_project
+    >>> annotations = read_geojson("export.geojson")
+    >>> write_geojson("copy.geojson", annotations)
+    >>> project = open_project("my_project")             # folder or project.qpproj
+    >>> [image.name for image in project.images]
+"""
+
+from .errors import (
+    BridgeError,
+    GeoJSONError,
+    GeometryRepairedWarning,
+    ProjectError,
+    QuPathNotFoundError,
+)
+from .geojson import REPAIRED_METADATA_KEY, read_geojson, to_geojson_obj, write_geojson
+from .model import DEFAULT_PATH_CLASSES, OBJECT_TYPES, Annotation, PathClass
+from .project import Project, create_project, open_project
+from .project_file import ProjectImage, path_from_uri
+from .qupath import QuPathStatus, qupath_status
+
+__all__ = [
+    "DEFAULT_PATH_CLASSES",
+    "OBJECT_TYPES",
+    "REPAIRED_METADATA_KEY",
+    "Annotation",
+    "BridgeError",
+    "GeoJSONError",
+    "GeometryRepairedWarning",
+    "PathClass",
+    "Project",
+    "ProjectError",
+    "ProjectImage",
+    "QuPathNotFoundError",
+    "QuPathStatus",
+    "create_project",
+    "open_project",
+    "path_from_uri",
+    "qupath_status",
+    "read_geojson",
+    "to_geojson_obj",
+    "write_geojson",
+]

@@ -8,7 +8,7 @@ class BridgeError(Exception):
 
 
 class GeoJSONError(BridgeError, ValueError):
-    """QuPath GeoJSON that cannot be read or written; the message names the feature and the problem."""
+    """GeoJSON that cannot be read or written; the message names the feature and the problem."""
 
 
 class ProjectError(BridgeError):

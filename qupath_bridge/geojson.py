@@ -199,9 +199,9 @@ def _features_of(obj: Any, where: str) -> list[Any]:
         return features
     if kind == "Feature" or kind in _GEOMETRY_TYPES or (kind is None and "geometry" in obj):
         return [obj]
+    got = "an object without 'type'" if kind is None else f"an object with type {kind!r}"
     raise GeoJSONError(
-        f"{where}: expected a GeoJSON FeatureCollection, Feature or geometry, "
-        f"got an object with type {kind!r}"
+        f"{where}: expected a GeoJSON FeatureCollection, Feature or geometry, got {got}"
     )
 
 
@@ -579,7 +579,7 @@ def _geometry_obj(geometry: BaseGeometry, where: str) -> dict[str, Any]:
     if geometry.geom_type == "GeometryCollection":
         return {
             "type": "GeometryCollection",
-            "geometries": [_geometry_obj(part, where) for part in geometry.geoms],  # type: ignore[attr-defined]
+            "geometries": [_geometry_obj(part, where) for part in geometry.geoms],
         }
     if geometry.geom_type == "LinearRing":
         geometry = shapely.LineString(geometry.coords)
