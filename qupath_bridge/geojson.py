@@ -143,6 +143,8 @@ def _load(source: Source) -> tuple[Any, str]:
         return _parse_json(bytes(source).decode("utf-8-sig", errors="strict"), "GeoJSON text"), (
             "GeoJSON text"
         )
+    if isinstance(source, str) and not source.strip():
+        raise GeoJSONError("empty text: expected GeoJSON, a file path or a parsed object")
     if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
         return _parse_json(source, "GeoJSON text"), "GeoJSON text"
     if isinstance(source, str | os.PathLike):
@@ -467,6 +469,15 @@ def _geometry_from_obj(obj: Any, where: str) -> BaseGeometry:
     if "coordinates" not in obj:
         raise GeoJSONError(f"{where}: the {kind} has no 'coordinates'")
     _check_coordinates(obj["coordinates"], _COORDINATE_DEPTH[kind], kind, where)
+    if kind in ("Polygon", "MultiPolygon"):
+        polygons = [obj["coordinates"]] if kind == "Polygon" else obj["coordinates"]
+        for ring in (ring for polygon in polygons for ring in polygon):
+            positions = len(ring) + (0 if ring and ring[0] == ring[-1] else 1)
+            if positions < 4:
+                raise GeoJSONError(
+                    f"{where}: bad {kind} coordinates: a ring needs at least 4 positions "
+                    f"(3 corners and the first again), got {_short(ring)}"
+                )
     try:
         return shape({"type": kind, "coordinates": obj["coordinates"]})
     except (ValueError, TypeError, IndexError, shapely.errors.ShapelyError) as exc:
