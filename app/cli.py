@@ -20,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         "annotations in QuPath. With no subcommand the desktop app starts.",
     )
     parser.add_argument("--version", action="version", version=f"wsi-sam {__version__}")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check the installation offscreen (model, sample slide, both modes, GeoJSON, "
+        "window), print one line and exit 0, or exit 1 with the reason",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"app.commands.{name}").register(subparsers)
@@ -33,5 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0] not in COMMANDS and not args_list[0].startswith("-")):
         args_list = ["gui", *args_list]
     args = parser.parse_args(args_list)
+    if args.self_test:
+        from app.selftest import run_self_test
+
+        return run_self_test()
     result: int = args.func(args)
     return result
