@@ -1,0 +1,137 @@
+"""``wsi-sam train``: train WSI-SAM's HR / LR heads on annotated objects (SAM stays frozen).
+
+Takes the same data options as ``wsi-sam eval``. The frozen encoder's outputs are cached on disk
+(``--cache``), so only the first epoch of the first run pays for encoding; ``--resume`` continues
+from the state written after every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from app.commands.eval import DataError, add_data_arguments, load_samples
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train WSI-SAM's heads on your annotations",
+        description="Train the HR/LR heads of WSI-SAM (SAM frozen) on objects from images with "
+        "label maps, slides with GeoJSON/XML, or a QuPath project. Writes a heads checkpoint "
+        "(--out), a resumable state (OUT.state.pt) and a loss log (OUT.log.jsonl).",
+    )
+    add_data_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="heads checkpoint to write (.pt)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    parser.add_argument("--batch-size", type=int, default=4, help="objects per step (default 4)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    parser.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=0.5,
+        help="weight of the HR loss; the LR loss gets 1 - lambda (default 0.5)",
+    )
+    parser.add_argument(
+        "--aggregation",
+        choices=("mean", "sum"),
+        default="mean",
+        help="token aggregation: mean (paper, default) or sum (authors' code)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="feature cache folder (default: OUT's folder/feature_cache)",
+    )
+    parser.add_argument(
+        "--augment-variants",
+        type=int,
+        default=2,
+        help="random flip + colour-jitter variants per object besides the original (default 2)",
+    )
+    parser.add_argument(
+        "--prompt-kinds",
+        default="box,points,mask",
+        help="prompt kinds drawn during training (box, points, mask)",
+    )
+    parser.add_argument("--checkpoint", help="MobileSAM checkpoint (default: the packaged one)")
+    parser.add_argument(
+        "--init-heads", help="start from these heads instead of fresh (zero-output) ones"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from engine.train.features import FeatureCache
+    from engine.train.trainer import TrainConfig, train_heads
+    from engine.wsi_sam import load_wsi_sam
+
+    out: Path = args.out
+    try:
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            lam=args.lam,
+            aggregation=args.aggregation,
+            augment_variants=args.augment_variants,
+            seed=args.seed,
+            prompt_kinds=tuple(k.strip() for k in args.prompt_kinds.split(",") if k.strip()),
+            magnification=args.magnification,
+        )
+        if args.augment_variants < 0:
+            raise ValueError(f"--augment-variants must be >= 0, got {args.augment_variants}")
+        state = out.with_name(out.stem + ".state.pt")
+        if args.resume and not state.is_file():
+            raise DataError(f"--resume: no training state at {state}")
+        samples = load_samples(args)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"wsi-sam train: {exc}", file=sys.stderr)
+        return 2
+    datasets = sorted({s.dataset for s in samples})
+    config.trained_on = ", ".join(datasets)
+    print(f"training on {len(samples)} objects from {len({s.source for s in samples})} file(s)")
+    model = load_wsi_sam(
+        heads=args.init_heads or "none",
+        device=args.device,
+        checkpoint=args.checkpoint,
+        aggregation=args.aggregation,
+    )
+    model.metadata = {
+        "image_magnification": args.image_magnification,
+        "adaptive": bool(args.adaptive),
+        "lambda": args.lam,
+    }
+    cache = FeatureCache(args.cache or out.parent / "feature_cache", model)
+    result = train_heads(
+        model,
+        samples,
+        config,
+        cache=cache,
+        out=out,
+        state_path=state,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    per_epoch = (
+        sum(result.seconds_per_epoch) / len(result.seconds_per_epoch)
+        if result.seconds_per_epoch
+        else 0.0
+    )
+    print(
+        f"encoded {result.encoder_calls} patches in {result.prepare_seconds:.1f} s "
+        f"(cache {cache.root}); {result.epochs_run} epoch(s), {per_epoch:.1f} s per epoch"
+    )
+    losses = ", ".join(f"{v:.4f}" for v in result.epoch_losses)
+    print(f"epoch losses: {losses}")
+    print(f"heads: {out}")
+    return 0

@@ -1,0 +1,152 @@
+"""On-disk cache of the frozen encoder's outputs, one file per (patch content, augmentation).
+
+The encoder is frozen, so its outputs for a field never change: they are computed once and stored
+in half precision (``torch.save`` of four float16 tensors, about 6.8 MB per field: HR and LR
+embedding (256, 64, 64) and early feature (160, 64, 64)). The file name is a hash of the source
+file (resolved path, size, modification time), the field, the augmentation and a fingerprint of
+the encoder weights, so a changed image or a different encoder never reads stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.train.augment import Augmentation
+from engine.train.data import ObjectSample, SlidePool, field_key, load_patches
+from engine.wsi_sam import PatchFeatures, WsiSam
+
+CACHE_FORMAT = "wsi-sam-features/1"
+
+
+def encoder_fingerprint(model: WsiSam) -> str:
+    """Short hash of a few encoder tensors: different weights -> different cache entries."""
+    digest = hashlib.sha256()
+    params = list(model.sam.image_encoder.parameters())
+    for p in (params[0], params[len(params) // 2], params[-1]):
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _source_stamp(path: Path) -> str:
+    try:
+        stat = path.stat()
+        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        return str(path)
+
+
+@dataclass
+class FeatureCache:
+    """Encoder outputs of fields, on disk under ``root`` (in memory only when ``root`` is None).
+
+    ``encoder_calls`` counts the patches this cache had to encode (two per missed field).
+    """
+
+    root: Path | None
+    model: WsiSam
+    encode_batch: int = 2
+    encoder_calls: int = 0
+    hits: int = 0
+    _memory: dict[str, tuple[PatchFeatures, PatchFeatures]] = field(default_factory=dict)
+    _fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.root is not None:
+            self.root = Path(self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._fingerprint = encoder_fingerprint(self.model)
+
+    def key(self, sample: ObjectSample, augmentation: Augmentation) -> str:
+        text = "|".join(
+            (
+                CACHE_FORMAT,
+                self._fingerprint,
+                _source_stamp(sample.source),
+                field_key(sample.field),
+                augmentation.key(),
+            )
+        )
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+    def _path(self, key: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}.pt"
+
+    def contains(self, key: str) -> bool:
+        if key in self._memory:
+            return True
+        return self.root is not None and self._path(key).is_file()
+
+    def load(self, key: str) -> tuple[PatchFeatures, PatchFeatures] | None:
+        """HR and LR features (float16, batch 1) for a key, or None when not cached."""
+        if key in self._memory:
+            return self._memory[key]
+        if self.root is None:
+            return None
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a truncated file from an interrupted run: recompute it
+            return None
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+            return None
+        return (
+            PatchFeatures(data["hr_embedding"], data["hr_early"]),
+            PatchFeatures(data["lr_embedding"], data["lr_early"]),
+        )
+
+    def store(self, key: str, hr: PatchFeatures, lr: PatchFeatures) -> None:
+        hr, lr = hr.to("cpu").half(), lr.to("cpu").half()
+        if self.root is None:
+            self._memory[key] = (hr, lr)
+            return
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CACHE_FORMAT,
+            "hr_embedding": hr.embedding.contiguous(),
+            "hr_early": hr.early.contiguous(),
+            "lr_embedding": lr.embedding.contiguous(),
+            "lr_early": lr.early.contiguous(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def features(
+        self, sample: ObjectSample, augmentation: Augmentation, pool: SlidePool
+    ) -> tuple[PatchFeatures, PatchFeatures]:
+        """HR and LR features of a sample under an augmentation, encoding only on a miss."""
+        key = self.key(sample, augmentation)
+        cached = self.load(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        hr_image, lr_image = load_patches(sample, pool)
+        images = np.stack([augmentation.apply_image(hr_image), augmentation.apply_image(lr_image)])
+        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        parts = [
+            self.model.encode(batch[i : i + self.encode_batch])
+            for i in range(0, 2, self.encode_batch)
+        ]
+        encoded = PatchFeatures.cat(parts) if len(parts) > 1 else parts[0]
+        self.encoder_calls += 2
+        hr, lr = encoded[0], encoded[1]
+        self.store(key, hr, lr)
+        stored = self.load(key)
+        assert stored is not None
+        return stored
