@@ -561,7 +561,12 @@ def _feature_of(annotation: Annotation, index: int) -> dict[str, Any]:
     if annotation.locked:
         properties["isLocked"] = True
     if annotation.measurements:
-        properties["measurements"] = {k: float(v) for k, v in annotation.measurements.items()}
+        measurements = {}
+        for key, value in annotation.measurements.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise GeoJSONError(f"{where}: measurement {key!r} is not a number: {value!r}")
+            measurements[str(key)] = float(value)
+        properties["measurements"] = measurements
     if annotation.metadata:
         properties["metadata"] = {k: str(v) for k, v in annotation.metadata.items()}
     for key, value in annotation.extra_properties.items():
@@ -615,7 +620,10 @@ def write_geojson(path: str | os.PathLike[str], annotations: Iterable[Annotation
         GeoJSONError: an annotation cannot be written, or the folder is missing or read-only.
     """
     target = Path(path)
-    text = json.dumps(to_geojson_obj(annotations), ensure_ascii=False)
+    try:
+        text = json.dumps(to_geojson_obj(annotations), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:  # e.g. an extra property that is not JSON
+        raise GeoJSONError(f"cannot write {target}: {exc}") from None
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise GeoJSONError(f"cannot write {target}: the folder {folder} does not exist")

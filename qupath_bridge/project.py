@@ -204,7 +204,7 @@ class Project:
         """
         entry = self.image(image)
         annotations = list(annotations)
-        removed = set(replace_ids or ())
+        removed = _id_set(replace_ids)
         backend = self._writer("Writing annotations into a QuPath project")
         features = to_geojson_obj(annotations)["features"]  # fails before anything is touched
         sidecar_file = self.path / SIDECAR_FOLDER / f"{entry.entry_id}.geojson"
@@ -246,7 +246,7 @@ class Project:
         """
         entry = self.image(image)
         annotations = list(annotations)
-        removed = set(replace_ids or ()) | {annotation.id for annotation in annotations}
+        removed = _id_set(replace_ids) | {annotation.id for annotation in annotations}
         folder = self.path / SIDECAR_FOLDER
         if not is_writable_dir(self.path if not folder.exists() else folder):
             raise ProjectError(
@@ -346,6 +346,12 @@ class Project:
                 f"the project was restored from the backup {backup}"
             ) from exc
         return backup
+
+
+def _id_set(ids: Iterable[str] | None) -> set[str]:
+    if isinstance(ids, str):
+        raise ProjectError(f"replace_ids must be a collection of ids, not the string {ids!r}")
+    return {str(i) for i in ids or ()}
 
 
 def open_project(path: str | os.PathLike[str], mode: Mode = "r") -> Project:

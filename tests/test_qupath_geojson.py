@@ -486,3 +486,12 @@ def test_path_class_validation() -> None:
         PathClass(("  ",))
     with pytest.raises(ValueError, match="three integers"):
         PathClass(("Tumor",), (1, 2))  # type: ignore[arg-type]
+
+
+def test_unwritable_values_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(GeoJSONError, match="measurement 'Area' is not a number: 'big'"):
+        to_geojson_obj([Annotation(shapely.box(0, 0, 1, 1), measurements={"Area": "big"})])  # type: ignore[dict-item]
+    odd = Annotation(shapely.box(0, 0, 1, 1), extra_properties={"when": object()})
+    with pytest.raises(GeoJSONError, match=r"cannot write .*odd.geojson: .*not JSON serializable"):
+        write_geojson(tmp_path / "odd.geojson", [odd])
+    assert not (tmp_path / "odd.geojson").exists()

@@ -613,3 +613,11 @@ def test_backups_are_pruned(faked: Path) -> None:
     for i in range(12):
         project.write_annotations(0, [Annotation(shapely.box(i, i, i + 1, i + 1))])
     assert len(list((faked / "wsi-sam" / "backups").iterdir())) == 10
+
+
+def test_replace_ids_must_be_a_collection(faked: Path) -> None:
+    project = open_project(faked, mode="r+")
+    with pytest.raises(
+        ProjectError, match="replace_ids must be a collection of ids, not the string"
+    ):
+        project.write_annotations(0, [], replace_ids="aaaaaaaa-0000-4000-8000-000000000001")
