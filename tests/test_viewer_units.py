@@ -54,7 +54,8 @@ def test_choose_level_is_finest_level_not_finer_than_the_view() -> None:
 
 def test_tile_grid_covers_level_exactly() -> None:
     slide = FakeSlide(size=(1000, 700), downsamples=(1.0, 4.0))
-    grid = TileGrid(build_display_levels(slide, 256)[1], 256)  # level 1: 250 x 175
+    level1 = next(lv for lv in build_display_levels(slide, 256) if lv.slide_level == 1)
+    grid = TileGrid(level1, 256)  # 250 x 175
     assert (grid.columns, grid.rows) == (1, 1)
     grid0 = TileGrid(build_display_levels(slide, 256)[0], 256)
     assert (grid0.columns, grid0.rows) == (4, 3)
@@ -130,3 +131,29 @@ def test_scale_bar_picks_round_lengths(um_per_px: float, expected_um: float, lab
 def test_scale_bar_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="micrometres per screen pixel"):
         nice_scale_length(0.0)
+
+
+def test_many_void_qt_calls_and_emits_do_not_crash_the_interpreter() -> None:
+    """PySide6 6.12 on Python 3.11 drops a reference to None on every void Qt call and to True
+    on every emit; importing app.viewer must make that harmless (see app/viewer/_pyside_guard)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "n = 2 * (sys.getrefcount(None) + sys.getrefcount(True)) + 10_000\n"
+        "import app.viewer\n"
+        "from PySide6.QtCore import QObject, QRectF, Signal\n"
+        "class E(QObject):\n"
+        "    s = Signal(int)\n"
+        "e, r = E(), QRectF()\n"
+        "for i in range(n):\n"
+        "    r.setWidth(1.0)\n"
+        "    e.s.emit(i)\n"
+        "print('alive')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "alive"

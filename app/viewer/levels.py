@@ -16,7 +16,7 @@ import numpy as np
 
 # A display level is added between two slide levels whose downsamples differ by more than this,
 # so that a drawn tile is never shrunk by more than this factor (cost and aliasing).
-MAX_LEVEL_RATIO = 4.0
+MAX_LEVEL_RATIO = 2.0
 
 
 class SlideLike(Protocol):

@@ -66,11 +66,23 @@ def overview_downsample(width: int, height: int) -> float:
 
 
 def pixels_to_qimage(pixels: np.ndarray[Any, Any]) -> QImage:
-    """(h, w, 3|4) uint8 RGB(A) -> QImage in Format_RGB32 (the fastest to draw), a deep copy."""
-    rgb = np.ascontiguousarray(pixels[:, :, :3], dtype=np.uint8)
-    height, width = rgb.shape[:2]
-    image = QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888)
-    return image.convertToFormat(QImage.Format.Format_RGB32)
+    """(h, w, 3|4) uint8 RGB(A) -> a new QImage in Format_RGB32 (the fastest to draw).
+
+    The pixels are copied into memory the QImage owns: wrapping a numpy buffer with
+    ``QImage(data, ...)`` ties the image to a Python object whose release from a worker thread
+    has crashed PySide6 (a refcount error) while the UI thread painted.
+    """
+    height, width = pixels.shape[:2]
+    image = QImage(width, height, QImage.Format.Format_RGB32)
+    if width == 0 or height == 0:
+        return image
+    rows = np.frombuffer(image.bits(), dtype=np.uint8).reshape(height, image.bytesPerLine())
+    bgra = rows[:, : 4 * width].reshape(height, width, 4)  # RGB32 is 0xffRRGGBB: B, G, R, A
+    bgra[..., 0] = pixels[..., 2]
+    bgra[..., 1] = pixels[..., 1]
+    bgra[..., 2] = pixels[..., 0]
+    bgra[..., 3] = 255
+    return image
 
 
 @dataclass(frozen=True)
