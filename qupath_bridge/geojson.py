@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
-from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from .errors import GeoJSONError, GeometryRepairedWarning
@@ -422,32 +422,63 @@ def _parse_metadata(value: Any, where: str) -> dict[str, str]:
     return metadata
 
 
-def _check_coordinates(coordinates: Any, depth: int, kind: str, where: str) -> None:
-    """Check the nesting and the numbers of a geometry's coordinates before shapely sees them."""
-    if depth == 1:
-        if (
-            not isinstance(coordinates, list)
-            or len(coordinates) not in (2, 3)
-            or not all(
-                isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
-                for c in coordinates
-            )
-        ):
-            raise GeoJSONError(
-                f"{where}: bad {kind} coordinates: a position must be [x, y] with finite numbers, "
-                f"got {_short(coordinates)}"
-            )
-        return
-    if not isinstance(coordinates, list):
+def _positions(value: Any, kind: str, where: str) -> np.ndarray:
+    """A list of positions as an (N, 2) or (N, 3) float array, or a GeoJSONError saying why not.
+
+    Checked with numpy rather than position by position: exports hold millions of points.
+    """
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # ragged nesting
+        array = np.asarray([], dtype=object)
+    if (
+        not isinstance(value, list)
+        or array.ndim != 2
+        or array.shape[1] not in (2, 3)
+        or array.dtype.kind not in "iuf"
+    ):
         raise GeoJSONError(
-            f"{where}: bad {kind} coordinates: expected a list, got {_short(coordinates)}"
+            f"{where}: bad {kind} coordinates: expected a list of positions [x, y] with "
+            f"numbers, got {_short(value)}"
         )
-    for item in coordinates:
-        _check_coordinates(item, depth - 1, kind, where)
+    array = array.astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        raise GeoJSONError(
+            f"{where}: bad {kind} coordinates: not finite numbers in {_short(value)}"
+        )
+    return array
+
+
+def _nested(value: Any, kind: str, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise GeoJSONError(f"{where}: bad {kind} coordinates: expected a list, got {_short(value)}")
+    return value
+
+
+def _ring(value: Any, kind: str, where: str) -> np.ndarray:
+    ring = _positions(value, kind, where)
+    closed = len(ring) > 0 and bool(np.array_equal(ring[0], ring[-1]))
+    if len(ring) + (0 if closed else 1) < 4:
+        raise GeoJSONError(
+            f"{where}: bad {kind} coordinates: a ring needs at least 4 positions "
+            f"(3 corners and the first again), got {_short(value)}"
+        )
+    return ring
+
+
+def _polygon(rings: Any, kind: str, where: str) -> shapely.Polygon:
+    rings = _nested(rings, kind, where)
+    if not rings:
+        return shapely.Polygon()
+    shell, *holes = (_ring(ring, kind, where) for ring in rings)
+    return shapely.Polygon(shell, holes)
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -468,20 +499,31 @@ def _geometry_from_obj(obj: Any, where: str) -> BaseGeometry:
         )
     if "coordinates" not in obj:
         raise GeoJSONError(f"{where}: the {kind} has no 'coordinates'")
-    _check_coordinates(obj["coordinates"], _COORDINATE_DEPTH[kind], kind, where)
-    if kind in ("Polygon", "MultiPolygon"):
-        polygons = [obj["coordinates"]] if kind == "Polygon" else obj["coordinates"]
-        for ring in (ring for polygon in polygons for ring in polygon):
-            positions = len(ring) + (0 if ring and ring[0] == ring[-1] else 1)
-            if positions < 4:
-                raise GeoJSONError(
-                    f"{where}: bad {kind} coordinates: a ring needs at least 4 positions "
-                    f"(3 corners and the first again), got {_short(ring)}"
-                )
+    coordinates = obj["coordinates"]
     try:
-        return shape({"type": kind, "coordinates": obj["coordinates"]})
-    except (ValueError, TypeError, IndexError, shapely.errors.ShapelyError) as exc:
-        raise GeoJSONError(f"{where}: bad {kind} coordinates: {exc}") from None
+        if kind == "Point":
+            if coordinates == []:
+                return shapely.Point()
+            return shapely.Point(_positions([coordinates], kind, where)[0])
+        if kind == "MultiPoint":
+            if coordinates == []:
+                return shapely.MultiPoint()
+            return shapely.MultiPoint(_positions(coordinates, kind, where))
+        if kind == "LineString":
+            if coordinates == []:
+                return shapely.LineString()
+            return shapely.LineString(_positions(coordinates, kind, where))
+        if kind == "MultiLineString":
+            lines = _nested(coordinates, kind, where)
+            return shapely.MultiLineString([_positions(line, kind, where) for line in lines])
+        if kind == "Polygon":
+            return _polygon(coordinates, kind, where)
+        polygons = _nested(coordinates, kind, where)
+        return shapely.MultiPolygon([_polygon(rings, kind, where) for rings in polygons])
+    except GeoJSONError:
+        raise
+    except (ValueError, TypeError, shapely.errors.ShapelyError) as exc:
+        raise GeoJSONError(f"{where}: bad {kind} coordinates: {str(exc).strip()}") from None
 
 
 def _parse_geometry(obj: Any, where: str, repair: bool) -> tuple[BaseGeometry, str | None]:
@@ -592,24 +634,34 @@ def _geometry_obj(geometry: BaseGeometry, where: str) -> dict[str, Any]:
         raise GeoJSONError(f"{where}: geometry must be a shapely geometry, got {geometry!r}")
     if geometry.is_empty:
         raise GeoJSONError(f"{where}: the {geometry.geom_type} is empty")
-    if geometry.geom_type == "GeometryCollection":
-        return {
-            "type": "GeometryCollection",
-            "geometries": [_geometry_obj(part, where) for part in geometry.geoms],
-        }
-    if geometry.geom_type == "LinearRing":
-        geometry = shapely.LineString(geometry.coords)
-    mapped = shapely.geometry.mapping(geometry)
-    return {"type": mapped["type"], "coordinates": _plain(mapped["coordinates"])}
+    kind = geometry.geom_type
+    if kind == "GeometryCollection":
+        parts = getattr(geometry, "geoms", [])
+        return {"type": kind, "geometries": [_geometry_obj(part, where) for part in parts]}
+    if kind == "LinearRing":
+        kind = "LineString"
+    return {"type": kind, "coordinates": _coordinates(geometry)}
 
 
-def _plain(value: Any) -> Any:
-    """Tuples to lists, and whole-number floats to ints (QuPath writes 12104, not 12104.0)."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
+def _coordinates(geometry: BaseGeometry) -> Any:
+    kind = geometry.geom_type
+    if kind == "Point":
+        return _position_list(geometry)[0]
+    if kind in ("LineString", "LinearRing", "MultiPoint"):
+        return _position_list(geometry)
+    if kind == "Polygon":
+        rings = [geometry.exterior, *geometry.interiors]
+        return [_position_list(ring) for ring in rings]
+    return [_coordinates(part) for part in geometry.geoms]
+
+
+def _position_list(geometry: BaseGeometry) -> list[Any]:
+    """Positions as nested lists; whole-number coordinates as ints (QuPath writes 12104, not
+    12104.0, and WSI-SAM polygons follow pixel edges)."""
+    array = shapely.get_coordinates(geometry, include_z=geometry.has_z)
+    if (np.abs(array) < 2**53).all() and (array == np.round(array)).all():
+        return array.astype(np.int64).tolist()
+    return array.tolist()
 
 
 def write_geojson(path: str | os.PathLike[str], annotations: Iterable[Annotation]) -> None:

@@ -415,17 +415,30 @@ def test_valid_file_gives_no_warning() -> None:
         ([feature({"type": "Polygon"})], "the Polygon has no 'coordinates'"),
         (
             [feature({"type": "Polygon", "coordinates": [[["a", 0], [1, 0], [1, 1], [0, 0]]]})],
-            r"feature 0: bad Polygon coordinates: a position must be \[x, y\]",
+            r"feature 0: bad Polygon coordinates: expected a list of positions \[x, y\] "
+            r"with numbers, got \[\[\"a\", 0\]",
         ),
         (
             [feature({"type": "Polygon", "coordinates": [[0, 0], [1, 0], [1, 1]]})],
-            r"bad Polygon coordinates: a position must be \[x, y\] .*got 0",
+            r"bad Polygon coordinates: expected a list of positions .*got \[0, 0\]",
         ),
         (
             [feature({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]})],
             "bad Polygon coordinates: a ring needs at least 4 positions",
         ),
         ([feature({"type": "Polygon", "coordinates": []})], "the Polygon has no coordinates"),
+        (
+            '[{"type": "Feature", "geometry": {"type": "Point", "coordinates": [NaN, 1]}}]',
+            "bad Point coordinates: not finite numbers",
+        ),
+        (
+            [feature({"type": "LineString", "coordinates": [[0, 0], [1, 2, 3, 4]]})],
+            "bad LineString coordinates: expected a list of positions",
+        ),
+        (
+            [feature({"type": "LineString", "coordinates": [[0, 0]]})],
+            "bad LineString coordinates: .*point array must contain 0 or >1 elements$",
+        ),
         (
             [{"type": "Feature", "id": True, "geometry": SQUARE}],
             "'id' must be a string or an integer",
