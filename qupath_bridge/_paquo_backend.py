@@ -97,7 +97,10 @@ class PaquoProject:
         """Remove the objects whose ids are in ``remove_ids`` (keeping their children), add
         ``features``, and save the image's data file. Other objects are not touched."""
         entry = self._entry(entry_id)
-        hierarchy = entry.hierarchy.java_object
+        # Edit the hierarchy of the very ImageData that is saved below (paquo's entry.hierarchy
+        # may fall back to a detached copy when the slide cannot be opened).
+        image_data = entry._image_data
+        hierarchy = image_data.getHierarchy()
         gson = self._gson()
         path_object_class = self._java.JClass("qupath.lib.objects.PathObject")
         new_objects = self._java.ArrayList()
@@ -132,7 +135,7 @@ class PaquoProject:
             else:
                 hierarchy.addPathObjects(new_objects)
         # Save even when the slide itself is unreachable (paquo's entry.save() would skip it).
-        entry.java_object.saveImageData(entry._image_data)
+        entry.java_object.saveImageData(image_data)
 
     def add_path_classes(self, classes: Sequence[PathClass]) -> None:
         from paquo.classes import QuPathPathClass

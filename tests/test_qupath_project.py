@@ -621,3 +621,19 @@ def test_replace_ids_must_be_a_collection(faked: Path) -> None:
         ProjectError, match="replace_ids must be a collection of ids, not the string"
     ):
         project.write_annotations(0, [], replace_ids="aaaaaaaa-0000-4000-8000-000000000001")
+
+
+def test_bridge_imports_no_qt_torch_or_java() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qupath_bridge; qupath_bridge.qupath_status(); "
+        "bad = [m for m in ('torch', 'PySide6', 'paquo.projects', 'paquo.java') "
+        "if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
