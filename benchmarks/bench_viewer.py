@@ -229,8 +229,21 @@ def main(argv: list[str] | None = None) -> int:
                 forward = [(args.step, args.step // 4)] * args.frames
                 cold = pan_run(app, view, forward)
                 report("pan, cold cache", cold)
-                backward = [(-dx, -dy) for dx, dy in forward]
-                pan_run(app, view, backward)  # back to the start: the path is now cached
+                # Warm: load the whole path first (stopping at each screen), then pan it again.
+                view.centre_on_level0(start_x, height * 0.5)
+                origin = view.visible_rect_level0().center()
+                total_x = sum(dx for dx, _ in forward) * ds
+                total_y = sum(dy for _, dy in forward) * ds
+                stops = max(1, math.ceil(abs(total_x) / (view_w * ds / 2)))
+                for stop in range(stops + 1):
+                    view.centre_on_level0(
+                        origin.x() + total_x * stop / stops, origin.y() + total_y * stop / stops
+                    )
+                    while view.missing_visible_tiles() or view.pending_tiles():
+                        app.processEvents()
+                        time.sleep(0.002)
+                view.centre_on_level0(origin.x(), origin.y())
+                app.processEvents()
                 warm = pan_run(app, view, forward)
                 report("pan, warm cache", warm)
                 cache = view.tile_cache()
