@@ -276,8 +276,15 @@ def _read_asap(root: ET.Element, path: Path) -> list[AnnotatedObject]:
     return _combine(areas, exclusions)
 
 
-# ImageScope region types (Region/@Type)
-_APERIO_KINDS = {"0": "rectangle", "1": "polygon", "2": "ellipse", "3": "arrow", "4": "ruler"}
+# ImageScope region types (Region/@Type). Files in the wild also use 0 and 1 for freehand
+# polygons, so the vertices decide: two vertices make a rectangle / an ellipse, more a polygon.
+_APERIO_TWO_POINT_KINDS = {"1": "rectangle", "2": "ellipse"}
+
+
+def _aperio_kind(region_type: str, n_vertices: int) -> str:
+    if n_vertices == 2:
+        return _APERIO_TWO_POINT_KINDS.get(region_type, "line")
+    return "polygon"
 
 
 def _read_aperio(root: ET.Element, path: Path) -> list[AnnotatedObject]:
@@ -292,10 +299,10 @@ def _read_aperio(root: ET.Element, path: Path) -> list[AnnotatedObject]:
         areas: list[tuple[str, BaseGeometry, str | None]] = []
         negatives: list[BaseGeometry] = []
         for region in annotation.iter("Region"):
-            kind = _APERIO_KINDS.get(region.get("Type", "1"), "polygon")
-            if kind in ("arrow", "ruler"):
-                continue
             coords = [(_float(v, "X", path), _float(v, "Y", path)) for v in region.iter("Vertex")]
+            kind = _aperio_kind(region.get("Type", "0"), len(coords))
+            if kind == "line":  # rulers and arrows have no area
+                continue
             geometry = _ring(coords, kind, path)
             if geometry is None:
                 continue

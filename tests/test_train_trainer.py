@@ -1,0 +1,232 @@
+"""Feature cache, training loop, resumable state and augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from engine.train.augment import Augmentation, augmentation_variants
+from engine.train.data import ObjectSample, SlidePool, make_samples, target_masks
+from engine.train.features import FeatureCache
+from engine.train.readers import read_label_map
+from engine.train.trainer import TrainConfig, train_heads
+from engine.wsi_sam import PatchFeatures, Prompts, WsiSamOutput
+
+
+class FakeWsiSam(nn.Module):
+    """A tiny stand-in with WsiSam's training interface, so the loop is tested in seconds.
+
+    The "encoder" pools the image to 64x64 (counting calls); the "heads" are 1x1 convs on that
+    embedding plus a box-prompt channel.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sam = nn.Module()
+        self.sam.image_encoder = nn.Conv2d(3, 1, 1)
+        for p in self.sam.parameters():
+            p.requires_grad_(False)
+        self.hr_head = nn.Conv2d(2, 1, 1)
+        self.lr_head = nn.Conv2d(2, 1, 1)
+        self.aggregation = "mean"
+        self.metadata: dict[str, Any] = {}
+        self.encode_calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*self.hr_head.parameters(), *self.lr_head.parameters()]
+
+    def heads_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.state_dict().items() if "_head." in k}
+
+    def save_heads(self, path: Path, **metadata: Any) -> None:
+        torch.save({"state_dict": self.heads_state_dict(), "metadata": metadata}, path)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> PatchFeatures:
+        self.encode_calls += images.shape[0]
+        grey = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True) / 255, 64)
+        return PatchFeatures(
+            grey.expand(-1, 256, -1, -1).clone(), torch.zeros(len(images), 160, 64, 64)
+        )
+
+    @staticmethod
+    def _box_map(boxes: torch.Tensor | None, batch: int) -> torch.Tensor:
+        out = torch.zeros(batch, 1, 64, 64)
+        if boxes is not None:
+            for i, (x0, y0, x1, y1) in enumerate((boxes / 16).round().int().tolist()):
+                out[i, 0, y0:y1, x0:x1] = 1
+        return out
+
+    def forward(self, hr: PatchFeatures, lr: PatchFeatures, prompts: Prompts) -> WsiSamOutput:
+        b = hr.embedding.shape[0]
+        lr_prompts = prompts.to_lr()
+        hr_in = torch.cat([hr.embedding[:, :1], self._box_map(prompts.boxes, b)], 1)
+        lr_in = torch.cat([lr.embedding[:, :1], self._box_map(lr_prompts.boxes, b)], 1)
+        hr_logits = F.interpolate(self.hr_head(hr_in), size=256, mode="bilinear")
+        lr_logits = F.interpolate(self.lr_head(lr_in), size=256, mode="bilinear")
+        return WsiSamOutput(hr_logits, lr_logits, hr_logits, lr_logits, torch.zeros(b, 1))
+
+
+def _synthetic_samples(tmp_path: Path, n_objects: int = 2) -> list[ObjectSample]:
+    rng = np.random.default_rng(0)
+    h, w = 400, 600
+    image = np.full((h, w, 3), (235, 210, 225), np.uint8)  # pink background
+    labels = np.zeros((h, w), np.uint16)
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n_objects):
+        cx, cy, r = 120 + 200 * i, 200, 50 + 10 * i
+        disk = (xx - cx) ** 2 + (yy - cy) ** 2 < r**2
+        image[disk] = (110, 50, 150)  # purple glands
+        labels[disk] = i + 1
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    objects = read_label_map(tmp_path / "labels.png")
+    return make_samples(
+        tmp_path / "img.png", objects, "synthetic", magnification=10.0, default_magnification=20.0
+    )
+
+
+def test_cache_makes_later_epochs_and_runs_skip_the_encoder(tmp_path: Path) -> None:
+    samples = _synthetic_samples(tmp_path)
+    config = TrainConfig(epochs=3, batch_size=2, augment_variants=1, prompt_kinds=("box",))
+    model = FakeWsiSam()
+    cache = FeatureCache(tmp_path / "cache", model)  # type: ignore[arg-type]
+    result = train_heads(
+        model,
+        samples,
+        config,
+        cache=cache,
+        out=tmp_path / "h.pt",
+        progress=False,  # type: ignore[arg-type]
+    )
+    # 2 objects x (identity + 1 variant) x (HR + LR), all before the first epoch
+    assert model.encode_calls == result.encoder_calls == 8
+    assert result.epochs_run == 3 and len(result.step_losses) == 3
+    files = sorted((tmp_path / "cache").rglob("*.pt"))
+    assert len(files) == 4
+    stored = torch.load(files[0], weights_only=True)
+    assert stored["hr_embedding"].dtype == torch.float16
+    assert stored["hr_embedding"].shape == (1, 256, 64, 64)
+
+    again = FakeWsiSam()  # a second run with the same encoder weights
+    again.load_state_dict(model.state_dict())
+    cache2 = FeatureCache(tmp_path / "cache", again)  # type: ignore[arg-type]
+    second = train_heads(
+        again,
+        samples,
+        config,
+        cache=cache2,
+        out=tmp_path / "h2.pt",
+        progress=False,  # type: ignore[arg-type]
+    )
+    assert again.encode_calls == second.encoder_calls == 0
+    assert cache2.hits == 4
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    samples = _synthetic_samples(tmp_path, 3)
+    kinds = ("box", "points", "mask")
+
+    def run(out: Path, epochs: int, resume: bool, model: FakeWsiSam) -> Any:
+        torch.manual_seed(0)
+        cache = FeatureCache(tmp_path / "cache", model)  # type: ignore[arg-type]
+        config = TrainConfig(epochs=epochs, batch_size=2, augment_variants=1, prompt_kinds=kinds)
+        return train_heads(
+            model,
+            samples,
+            config,
+            cache=cache,
+            out=out,
+            resume=resume,
+            progress=False,  # type: ignore[arg-type]
+        )
+
+    torch.manual_seed(1)
+    base = FakeWsiSam()
+    straight = FakeWsiSam()
+    straight.load_state_dict(base.state_dict())
+    run(tmp_path / "a.pt", 3, False, straight)
+
+    part = FakeWsiSam()
+    part.load_state_dict(base.state_dict())
+    run(tmp_path / "b.pt", 2, False, part)
+    state = torch.load(tmp_path / "b.state.pt", weights_only=True)
+    assert state["epoch"] == 2
+    resumed = FakeWsiSam()  # a fresh process: heads come from the state file
+    resumed.load_state_dict(base.state_dict())
+    result = run(tmp_path / "b.pt", 3, True, resumed)
+    assert result.epochs_run == 1 and len(result.epoch_losses) == 3
+    for key, value in straight.heads_state_dict().items():
+        assert torch.allclose(value, resumed.heads_state_dict()[key]), key
+    log = [json.loads(line) for line in (tmp_path / "b.log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log if "epoch_loss" in e] == [1, 2, 3]
+    assert all(np.isfinite(e["loss"]) for e in log if "loss" in e)
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["metadata"]["epochs"] == 3 and saved["metadata"]["lam"] == 0.5
+
+
+def test_augmentation_flips_jointly_and_keeps_masks_binary() -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[1, 2] = 200
+    mask = np.zeros((8, 8), bool)
+    mask[1, 2] = True
+    aug = Augmentation(hflip=True, vflip=True, brightness=1.1, contrast=0.9, saturation=1.2)
+    out = aug.apply_image(image)
+    flipped = aug.apply_geometry(mask)
+    assert flipped[6, 5] and flipped.sum() == 1 and flipped.dtype == bool
+    assert out[6, 5].max() > out[0, 0].max()  # the bright pixel moved with the mask
+    # a concentric pair stays concentric: the HR patch's centre is the LR patch's centre
+    centre = np.zeros((8, 8), bool)
+    centre[2:6, 2:6] = True
+    assert np.array_equal(aug.apply_geometry(centre), centre)
+    a = augmentation_variants(3, seed=5, key="slide|field")
+    assert a[0].is_identity and len(a) == 4
+    assert a == augmentation_variants(3, seed=5, key="slide|field")
+    assert a != augmentation_variants(3, seed=5, key="other|field")
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> None:
+    from engine.train.loss import wsi_sam_loss
+    from engine.train.prompts import area_downsample
+    from engine.wsi_sam import load_wsi_sam
+
+    sample = _synthetic_samples(tmp_path, 1)[0]
+    model = load_wsi_sam(heads="none", device="cpu")
+    cache = FeatureCache(tmp_path / "cache", model)
+    hr_mask, lr_mask = target_masks(sample)
+    ys, xs = np.nonzero(hr_mask)
+    box = torch.tensor(
+        [[xs.min() - 6, ys.min() - 4, xs.max() + 8, ys.max() + 5]], dtype=torch.float32
+    )
+    targets = [torch.from_numpy(area_downsample(m))[None, None] for m in (hr_mask, lr_mask)]
+
+    def fixed_loss() -> float:
+        with SlidePool() as pool:
+            hr, lr = cache.features(sample, Augmentation(), pool)
+        with torch.no_grad():
+            out = model(hr.float(), lr.float(), Prompts(boxes=box))
+        return float(wsi_sam_loss(out.hr_logits, out.lr_logits, *targets).total)
+
+    before = fixed_loss()
+    config = TrainConfig(epochs=4, batch_size=1, augment_variants=0, prompt_kinds=("box",))
+    result = train_heads(
+        model, [sample], config, cache=cache, out=tmp_path / "h.pt", progress=False
+    )
+    after = fixed_loss()
+    assert result.encoder_calls == 0  # fixed_loss already cached the field
+    assert after < before
+    assert (tmp_path / "h.pt").is_file()
