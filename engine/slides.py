@@ -114,15 +114,19 @@ class Slide:
         self._cache = _TileCache(cache_bytes)
         self._associated: Mapping[str, RGBImage] | None = None
         self._closed = False
+        # Reads and close() are serialised: closing an OpenSlide handle while another thread
+        # reads from it aborts the process, and plain-image backends are not thread-safe.
+        self._io_lock = threading.RLock()
 
     # -- life cycle -------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release the file. Further reads raise SlideError."""
-        if not self._closed:
-            self._closed = True
-            self._cache.clear()
-            self._backend.close()
+        with self._io_lock:
+            if not self._closed:
+                self._closed = True
+                self._cache.clear()
+                self._backend.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -241,9 +245,10 @@ class Slide:
     def _read_backend(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> RGBImage:
-        self._check_open()
         try:
-            region = self._backend.read(location, level, size)
+            with self._io_lock:
+                self._check_open()
+                region = self._backend.read(location, level, size)
         except SlideError:
             raise
         except Exception as exc:

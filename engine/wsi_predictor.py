@@ -12,7 +12,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -66,9 +67,9 @@ class SegmentResult:
     mask: np.ndarray
     field: Field
     mode: str
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[Candidate] = dataclasses.field(default_factory=list)
     encoded: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
