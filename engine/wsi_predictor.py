@@ -8,11 +8,11 @@ a later prompt that fits inside a cached field reuses it: only the decoders run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 

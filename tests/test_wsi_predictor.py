@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shapely.geometry import box as shapely_box, shape
+from shapely.geometry import box as shapely_box
+from shapely.geometry import shape
 
 from engine.slides import Slide, open_slide
 from engine.wsi_predictor import PromptError, WsiSamPredictor
