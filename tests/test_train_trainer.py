@@ -200,33 +200,42 @@ def test_augmentation_flips_jointly_and_keeps_masks_binary() -> None:
 
 @pytest.mark.slow
 def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> None:
+    from shapely.geometry import box as shapely_box
+
     from engine.train.loss import wsi_sam_loss
-    from engine.train.prompts import area_downsample
+    from engine.train.prompts import area_downsample, noisy_box
     from engine.wsi_sam import load_wsi_sam
 
-    sample = _synthetic_samples(tmp_path, 1)[0]
+    disk = _synthetic_samples(tmp_path, 1)[0]
+    # the left half of a purple disk: SAM's box answer tends to take the whole disk, so the
+    # heads have something to learn
+    x0, y0, x1, y1 = disk.geometry.bounds
+    half = disk.geometry.intersection(shapely_box(x0, y0, (x0 + x1) / 2, y1))
+    sample = ObjectSample(disk.source, half, None, "synthetic", disk.field, "half")
     model = load_wsi_sam(heads="none", device="cpu")
     cache = FeatureCache(tmp_path / "cache", model)
     hr_mask, lr_mask = target_masks(sample)
-    ys, xs = np.nonzero(hr_mask)
-    box = torch.tensor(
-        [[xs.min() - 6, ys.min() - 4, xs.max() + 8, ys.max() + 5]], dtype=torch.float32
-    )
-    targets = [torch.from_numpy(area_downsample(m))[None, None] for m in (hr_mask, lr_mask)]
+    n = 6
+    boxes = np.stack([noisy_box(hr_mask, np.random.default_rng(100 + i)) for i in range(n)])
+    targets = [
+        torch.from_numpy(area_downsample(m))[None, None].expand(n, -1, -1, -1)
+        for m in (hr_mask, lr_mask)
+    ]
 
-    def fixed_loss() -> float:
+    def loss_on_fixed_boxes() -> float:
         with SlidePool() as pool:
             hr, lr = cache.features(sample, Augmentation(), pool)
+        hr_n, lr_n = PatchFeatures.cat([hr.float()] * n), PatchFeatures.cat([lr.float()] * n)
         with torch.no_grad():
-            out = model(hr.float(), lr.float(), Prompts(boxes=box))
+            out = model(hr_n, lr_n, Prompts(boxes=torch.from_numpy(boxes).float()))
         return float(wsi_sam_loss(out.hr_logits, out.lr_logits, *targets).total)
 
-    before = fixed_loss()
-    config = TrainConfig(epochs=4, batch_size=1, augment_variants=0, prompt_kinds=("box",))
+    before = loss_on_fixed_boxes()
+    config = TrainConfig(epochs=5, batch_size=1, augment_variants=0, prompt_kinds=("box",))
     result = train_heads(
         model, [sample], config, cache=cache, out=tmp_path / "h.pt", progress=False
     )
-    after = fixed_loss()
-    assert result.encoder_calls == 0  # fixed_loss already cached the field
-    assert after < before
+    after = loss_on_fixed_boxes()
+    assert result.encoder_calls == 0  # the field was cached by the first loss computation
+    assert after < 0.95 * before
     assert (tmp_path / "h.pt").is_file()
