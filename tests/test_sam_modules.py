@@ -12,7 +12,7 @@ from engine.sam.common import MLP, LayerNorm2d
 from engine.sam.mask_decoder import MaskDecoder
 from engine.sam.prompt_encoder import PromptEncoder
 from engine.sam.sam import build_mobile_sam
-from engine.sam.tiny_vit import TinyViT, relative_offset_index
+from engine.sam.tiny_vit import ConvBN, TinyViT, relative_offset_index
 from engine.sam.transformer import TwoWayTransformer
 from engine.transforms import ResizeLongestSide
 
@@ -212,3 +212,18 @@ def test_resize_longest_side_shapes_and_coordinates() -> None:
     assert tuple(t.apply_image_torch(batch).shape) == (1, 3, 655, 1024)
     with pytest.raises(ValueError, match="uint8"):
         t.apply_image(image.astype(np.float32))
+
+
+def test_conv_bn_folding_matches_conv_then_batchnorm() -> None:
+    torch.manual_seed(0)
+    layer = ConvBN(8, 16, kernel_size=3, stride=2, padding=1, groups=8)
+    with torch.no_grad():
+        layer.bn.running_mean.uniform_(-1, 1)
+        layer.bn.running_var.uniform_(0.5, 2)
+        layer.bn.weight.uniform_(0.5, 1.5)
+        layer.bn.bias.uniform_(-1, 1)
+    layer.eval()
+    x = torch.randn(2, 8, 15, 15)
+    with torch.no_grad():
+        expected = layer.bn(layer.c(x))
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)

@@ -30,8 +30,13 @@ from engine.sam.common import LayerNorm2d
 class ConvBN(nn.Sequential):
     """A bias-free Conv2d followed by BatchNorm2d (submodules ``c`` and ``bn``).
 
-    Input (B, in_chans, H, W), output (B, out_chans, H', W').
+    Input (B, in_chans, H, W), output (B, out_chans, H', W'). In eval mode the normalisation is
+    folded into the convolution's weight and bias (one pass over the feature map instead of two);
+    the stored parameters are untouched.
     """
+
+    c: nn.Conv2d
+    bn: nn.BatchNorm2d
 
     def __init__(
         self,
@@ -48,6 +53,16 @@ class ConvBN(nn.Sequential):
             nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False),
         )
         self.add_module("bn", nn.BatchNorm2d(out_chans))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self.c, self.bn
+        mean, var = bn.running_mean, bn.running_var
+        if self.training or mean is None or var is None:
+            return super().forward(x)
+        scale = bn.weight / torch.sqrt(var + bn.eps)
+        weight = conv.weight * scale[:, None, None, None]
+        bias = bn.bias - mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class PatchEmbed(nn.Module):
