@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     model.metadata = {
         "image_magnification": args.image_magnification,
         "adaptive": bool(args.adaptive),
-        "lambda": args.lam,
     }
     cache = FeatureCache(args.cache or out.parent / "feature_cache", model)
     result = train_heads(
