@@ -38,7 +38,10 @@ def run_gui(path: str | None, open_sample: bool = True) -> int:
         window.open_path(target)
     shot = os.environ.get("WSI_SAM_SCREENSHOT")
     if shot:
-        _ScreenshotWhenReady(window, Path(shot), os.environ.get("WSI_SAM_SCREENSHOT_BOX"))
+        # kept on the window: a collected helper would silently disconnect its timer
+        window.screenshot_helper = _ScreenshotWhenReady(
+            window, Path(shot), os.environ.get("WSI_SAM_SCREENSHOT_BOX")
+        )
     return int(app.exec())
 
 
