@@ -39,7 +39,7 @@ def run_gui(path: str | None, open_sample: bool = True) -> int:
     shot = os.environ.get("WSI_SAM_SCREENSHOT")
     if shot:
         # kept on the window: a collected helper would silently disconnect its timer
-        window.screenshot_helper = _ScreenshotWhenReady(
+        window.screenshot_helper = _ScreenshotWhenReady(  # type: ignore[attr-defined]
             window, Path(shot), os.environ.get("WSI_SAM_SCREENSHOT_BOX")
         )
     return int(app.exec())
