@@ -23,8 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from engine._files import atomic_write_bytes
 from engine.train.data import ObjectSample, SlidePool, load_patches, target_masks
 from engine.train.prompts import noisy_box, positive_points
 
@@ -307,15 +306,7 @@ def summarise(results: Sequence[ObjectResult]) -> list[SummaryRow]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def results_csv(rows: Sequence[SummaryRow]) -> str:
@@ -424,15 +415,12 @@ def plot_dice_vs_points(rows: Sequence[SummaryRow], path: Path) -> bool:
     axes[0][0].set_ylabel("Dice (%)")
     axes[0][-1].legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=120)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
     return True
 
 

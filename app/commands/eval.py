@@ -328,8 +328,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prompts", default="box,3,5,10", help="prompt settings: box and/or numbers of points"
     )
+    # The frozen bundle does not carry the LiteMedSAM weights (they serve evaluation only).
+    default_models = "sam,wsi-sam" if getattr(sys, "frozen", False) else "sam,wsi-sam,medsam"
     parser.add_argument(
-        "--models", default="sam,wsi-sam,medsam", help="models among sam, wsi-sam, medsam"
+        "--models",
+        default=default_models,
+        help=f"models among sam, wsi-sam, medsam (default {default_models})",
     )
     parser.add_argument("--heads", help="WSI-SAM heads checkpoint (default: the shipped heads)")
     parser.add_argument("--checkpoint", help="MobileSAM checkpoint (default: the packaged one)")
@@ -357,14 +361,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{len(samples)} objects from {len({s.source for s in samples})} file(s)")
     wsi = medsam = None
-    if "sam" in models or "wsi-sam" in models:
-        from engine.wsi_sam import load_wsi_sam
+    try:
+        if "sam" in models or "wsi-sam" in models:
+            from engine.wsi_sam import load_wsi_sam
 
-        wsi = load_wsi_sam(heads=args.heads, device=args.device, checkpoint=args.checkpoint)
-    if "medsam" in models:
-        from engine.medsam import load_lite_medsam
+            wsi = load_wsi_sam(heads=args.heads, device=args.device, checkpoint=args.checkpoint)
+        if "medsam" in models:
+            from engine.medsam import load_lite_medsam
 
-        medsam = load_lite_medsam(args.medsam_checkpoint, device=args.device)
+            medsam = load_lite_medsam(args.medsam_checkpoint, device=args.device)
+    except RuntimeError as exc:  # WeightsError, HeadsError, a device that is not there
+        print(f"wsi-sam eval: {exc}", file=sys.stderr)
+        return 1
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(
