@@ -25,7 +25,6 @@ def field_features(
 ) -> tuple[PatchFeatures, PatchFeatures]:
     """Real HR/LR features of one field of the sample slide (two encoder passes)."""
     from engine.patches import choose_field, read_field
-
     from engine.slides import open_slide
 
     with open_slide(sample_slide) as slide:
