@@ -146,7 +146,21 @@ class PatchMerging(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-class ConvStage(nn.Module):
+class _Stage(nn.Module):
+    """A stage: its blocks in order, then the optional patch merging to the next stage."""
+
+    blocks: nn.ModuleList
+    downsample: PatchMerging | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class ConvStage(_Stage):
     """TinyViT's first stage: MBConv blocks on (B, C, H, W), then an optional patch merging."""
 
     def __init__(
@@ -162,13 +176,6 @@ class ConvStage(nn.Module):
         self.input_resolution = input_resolution
         self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
         self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
 
 
 def relative_offset_index(window_size: int) -> torch.Tensor:
@@ -290,7 +297,7 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class AttentionStage(nn.Module):
+class AttentionStage(_Stage):
     """A TinyViT stage of attention blocks on tokens, then an optional patch merging."""
 
     def __init__(
@@ -312,13 +319,6 @@ class AttentionStage(nn.Module):
             for _ in range(depth)
         )
         self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
 
 
 class TinyViT(nn.Module):
