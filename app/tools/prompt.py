@@ -292,10 +292,7 @@ class PromptController(QObject):
         return scene if isinstance(scene, QGraphicsScene) else None
 
     def _downsample(self) -> float:
-        try:
-            return float(self._view.downsample())
-        except Exception:
-            return 1.0
+        return float(self._view.downsample())
 
     def _show_box(self, rect: QRectF) -> None:
         scene = self._scene()
