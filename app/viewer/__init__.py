@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from app.viewer._pyside_guard import keep_none_alive
 from app.viewer.levels import DisplayLevel, SlideLike, TileKey, build_display_levels, choose_level
 from app.viewer.overview import OverviewWidget
 from app.viewer.scale_bar import ScaleBar, nice_scale_length
 from app.viewer.slide_view import SlideView
 from app.viewer.tile_cache import DEFAULT_CACHE_BYTES, TileCache
 from app.viewer.tile_loader import TileLoader, slide_lock
-
-keep_none_alive()  # before any painting: see _pyside_guard (PySide6 6.12 on Python 3.11)
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
