@@ -360,19 +360,13 @@ def train_heads(
     model.eval()
     result.encoder_calls = cache.encoder_calls - calls_before
 
+    settings = dataclasses.asdict(config)
+    settings["prompt_kinds"] = list(config.prompt_kinds)
+    settings["trained_on"] = config.trained_on or ", ".join(describe_samples(samples)["datasets"])
     model.save_heads(
         out,
-        trained_on=config.trained_on or ", ".join(describe_samples(samples)["datasets"]),
+        **settings,
         data=describe_samples(samples),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        lam=config.lam,
-        augment_variants=config.augment_variants,
-        prompt_kinds=list(config.prompt_kinds),
-        magnification=config.magnification,
-        seed=config.seed,
         final_loss=result.epoch_losses[-1] if result.epoch_losses else None,
         epoch_losses=list(result.epoch_losses),
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
