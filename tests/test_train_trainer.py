@@ -17,7 +17,7 @@ from engine.train.augment import Augmentation, augmentation_variants
 from engine.train.data import ObjectSample, SlidePool, make_samples, target_masks
 from engine.train.features import FeatureCache
 from engine.train.readers import read_label_map
-from engine.train.trainer import TrainConfig, train_heads
+from engine.train.trainer import LR_DROP_FACTOR, TrainConfig, epoch_lr, train_heads
 from engine.wsi_sam import PatchFeatures, Prompts, WsiSamOutput
 
 
@@ -176,6 +176,38 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert all(np.isfinite(e["loss"]) for e in log if "loss" in e)
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert saved["metadata"]["epochs"] == 3 and saved["metadata"]["lam"] == 0.5
+
+
+def test_learning_rate_drops_from_the_chosen_epoch(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=3, lr=1e-3, lr_drop_epoch=3)
+    assert [epoch_lr(config, e) for e in (1, 2, 3)] == [1e-3, 1e-3, 1e-3 * LR_DROP_FACTOR]
+    assert epoch_lr(TrainConfig(epochs=3), 3) == 1e-3
+    with pytest.raises(ValueError, match="lr drop epoch"):
+        TrainConfig(lr_drop_epoch=0)
+
+    samples = _synthetic_samples(tmp_path)
+    seen: list[float] = []
+
+    def record_lr(epoch: int, loss: float) -> None:
+        state = torch.load(tmp_path / "h.state.pt", weights_only=True)
+        seen.append(state["optimizer"]["param_groups"][0]["lr"])
+
+    def run(epochs: int, resume: bool, model: FakeWsiSam) -> None:
+        cache = FeatureCache(tmp_path / "cache", model)  # type: ignore[arg-type]
+        train_heads(
+            model,  # type: ignore[arg-type]
+            samples,
+            TrainConfig(epochs=epochs, batch_size=2, augment_variants=0, lr_drop_epoch=2),
+            cache=cache,
+            out=tmp_path / "h.pt",
+            resume=resume,
+            progress=False,
+            on_epoch=record_lr,
+        )
+
+    run(1, False, FakeWsiSam())
+    run(3, True, FakeWsiSam())  # the resumed run sets the rate from the epoch number
+    assert seen == pytest.approx([1e-3, 1e-4, 1e-4])
 
 
 def test_augmentation_flips_jointly_and_keeps_masks_binary() -> None:

@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
     parser.add_argument("--batch-size", type=int, default=4, help="objects per step (default 4)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    parser.add_argument(
+        "--lr-drop-epoch",
+        type=int,
+        default=None,
+        help="from this epoch on (1-based) the learning rate is 10x lower (default: constant)",
+    )
     parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     parser.add_argument(
         "--lambda",
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            lr_drop_epoch=args.lr_drop_epoch,
             weight_decay=args.weight_decay,
             lam=args.lam,
             aggregation=args.aggregation,

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "wsi-sam-train-state/1"
 PROMPT_KINDS = ("box", "points", "mask")
+LR_DROP_FACTOR = 0.1
 
 
 @dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     prompt_kinds: tuple[str, ...] = PROMPT_KINDS
     magnification: float | None = None
     trained_on: str = ""
+    # Step decay as in HQ-SAM's training code: lr x LR_DROP_FACTOR from this epoch on (1-based).
+    lr_drop_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"lambda must be in [0, 1], got {self.lam}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.lr_drop_epoch is not None and self.lr_drop_epoch < 1:
+            raise ValueError(f"lr drop epoch must be >= 1, got {self.lr_drop_epoch}")
         unknown = set(self.prompt_kinds) - set(PROMPT_KINDS)
         if unknown or not self.prompt_kinds:
             raise ValueError(f"prompt kinds must be among {PROMPT_KINDS}, got {self.prompt_kinds}")
@@ -229,6 +234,13 @@ def _batch_features(
     return hr, lr
 
 
+def epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of 1-based ``epoch`` under the step decay of ``config``."""
+    if config.lr_drop_epoch is not None and epoch >= config.lr_drop_epoch:
+        return config.lr * LR_DROP_FACTOR
+    return config.lr
+
+
 def train_heads(
     model: WsiSam,
     samples: Sequence[ObjectSample],
@@ -301,6 +313,8 @@ def train_heads(
     with open(log_path, "a", encoding="utf-8") as log:
         for epoch in range(start_epoch, config.epochs):
             t_epoch = time.perf_counter()
+            for group in optimiser.param_groups:  # from the epoch alone, so resuming agrees
+                group["lr"] = epoch_lr(config, epoch + 1)
             order = rng.permutation(len(prepared))
             batches = [
                 order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
