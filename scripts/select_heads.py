@@ -40,13 +40,18 @@ from engine.wsi_sam import WsiSam, load_wsi_sam, postprocess_logits
 
 PROMPTS = ("box", "3", "5", "10")
 
-# name -> (prompt kinds, lr drop epoch or None)
-SETTINGS: dict[str, tuple[tuple[str, ...], int | None]] = {
-    "paper": (("box", "points", "mask"), None),
-    "paper-drop": (("box", "points", "mask"), -1),
-    "box-weighted": (("box", "box", "points", "mask"), None),
-    "box-weighted-drop": (("box", "box", "points", "mask"), -1),
+# name -> settings that differ from TrainConfig's defaults; a name ending in "-drop" is its
+# parent's settings plus the learning-rate drop, branched off the parent's run.
+BOX_WEIGHTED = ("box", "box", "points", "mask")
+SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "box-weighted": {"prompt_kinds": BOX_WEIGHTED},
+    "box-only": {"prompt_kinds": ("box",)},
+    "box-heavy": {"prompt_kinds": ("box", "box", "box", "points", "mask")},
+    "box-weighted-hr": {"prompt_kinds": BOX_WEIGHTED, "lam": 0.8},
+    "box-weighted-aug4": {"prompt_kinds": BOX_WEIGHTED, "augment_variants": 4},
 }
+SETTINGS.update({f"{name}-drop": dict(s) for name, s in list(SETTINGS.items())})
 
 
 def label_samples(
@@ -129,13 +134,9 @@ def main() -> int:
         if name in report and report[name].get("done"):
             print(f"{name}: done before, skipped")
             continue
-        kinds, drop = SETTINGS[name]
+        drop = args.drop_epoch if name.endswith("-drop") else None
         config = TrainConfig(
-            epochs=args.epochs,
-            prompt_kinds=kinds,
-            lr_drop_epoch=args.drop_epoch if drop is not None else None,
-            seed=0,
-            trained_on="GlaS",
+            epochs=args.epochs, lr_drop_epoch=drop, seed=0, trained_on="GlaS", **SETTINGS[name]
         )
         run_dir = args.out / name
         run_dir.mkdir(parents=True, exist_ok=True)
