@@ -182,6 +182,7 @@ def evaluate(
     progress: bool = True,
     pool: SlidePool | None = None,
     on_object: Callable[[int, int], None] | None = None,
+    features: Callable[[ObjectSample], tuple[PatchFeatures, PatchFeatures]] | None = None,
 ) -> EvaluationRun:
     """Run the models on every sample with every prompt setting.
 
@@ -191,6 +192,8 @@ def evaluate(
             ``medsam``.
         prompts: settings from :func:`parse_prompts`; MedSAM only runs with ``"box"``.
         seed: fixes every prompt.
+        features: the HR and LR encoder outputs of a sample, e.g. from a training feature cache,
+            instead of encoding its patches (SAM and WSI-SAM then skip the encoder).
     """
     from tqdm import tqdm
 
@@ -212,11 +215,17 @@ def evaluate(
             if not hr_mask.any():
                 logger.warning("skipping %s %s: empty HR target", sample.source, sample.name)
                 continue
-            hr_image, lr_image = load_patches(sample, pool)
-            run.add_time("read", time.perf_counter() - t0)
             hr_features: PatchFeatures | None = None
             lr_features: PatchFeatures | None = None
-            if need_wsi:
+            if need_wsi and features is not None:
+                assert wsi is not None
+                hr_cached, lr_cached = features(sample)
+                hr_features = hr_cached.to(wsi.device, torch.float32)
+                lr_features = lr_cached.to(wsi.device, torch.float32)
+            if "medsam" in models or (need_wsi and features is None):
+                hr_image, lr_image = load_patches(sample, pool)
+            run.add_time("read", time.perf_counter() - t0)
+            if need_wsi and features is None:
                 assert wsi is not None
                 t0 = time.perf_counter()
                 batch = torch.from_numpy(np.stack([hr_image, lr_image])).permute(0, 3, 1, 2)

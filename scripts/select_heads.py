@@ -25,31 +25,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.evaluate import dice, simulate_prompt
+from app.commands.eval import pair_images_and_masks
+from engine.evaluate import evaluate, summarise
 from engine.train.augment import Augmentation
-from engine.train.data import ObjectSample, SlidePool, make_samples, target_masks, usable
+from engine.train.data import ObjectSample, SlidePool, make_samples, usable
 from engine.train.features import FeatureCache
 from engine.train.readers import read_label_map
 from engine.train.trainer import TrainConfig, train_heads
-from engine.wsi_sam import WsiSam, load_wsi_sam, postprocess_logits
+from engine.wsi_sam import WsiSam, load_wsi_sam
 
 PROMPTS = ("box", "3", "5", "10")
 
 # name -> settings that differ from TrainConfig's defaults; a name ending in "-drop" is its
 # parent's settings plus the learning-rate drop, branched off the parent's run.
-BOX_WEIGHTED = ("box", "box", "points", "mask")
 SETTINGS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "box-weighted": {"prompt_kinds": BOX_WEIGHTED},
-    "box-only": {"prompt_kinds": ("box",)},
+    "box-weighted": {"prompt_kinds": ("box", "box", "points", "mask")},
     "box-heavy": {"prompt_kinds": ("box", "box", "box", "points", "mask")},
-    "box-weighted-hr": {"prompt_kinds": BOX_WEIGHTED, "lam": 0.8},
-    "box-weighted-aug4": {"prompt_kinds": BOX_WEIGHTED, "augment_variants": 4},
+    "box-only": {"prompt_kinds": ("box",)},
 }
 SETTINGS.update({f"{name}-drop": dict(s) for name, s in list(SETTINGS.items())})
 
@@ -57,18 +52,12 @@ SETTINGS.update({f"{name}-drop": dict(s) for name, s in list(SETTINGS.items())})
 def label_samples(
     images: Path, masks: Path, magnification: float, dataset: str
 ) -> list[ObjectSample]:
+    """The objects of the label maps in ``masks``, paired with ``images`` as the CLI pairs them."""
     samples: list[ObjectSample] = []
     with SlidePool(default_magnification=magnification) as pool:
-        for image in sorted(images.iterdir()):
-            mask = masks / image.name
-            if not mask.is_file():
-                continue
+        for image, mask in pair_images_and_masks(images, masks):
             samples += make_samples(
-                image,
-                read_label_map(mask),
-                dataset,
-                default_magnification=magnification,
-                pool=pool,
+                image, read_label_map(mask), dataset, default_magnification=magnification, pool=pool
             )
     return usable(samples)[0]
 
@@ -76,28 +65,29 @@ def label_samples(
 def score(
     model: WsiSam, cache: FeatureCache, samples: list[ObjectSample], seeds: list[int]
 ) -> dict[str, dict[str, float]]:
-    """Mean Dice (percent) of WSI-SAM and SAM per prompt setting over objects x seeds."""
+    """Mean Dice (percent) of WSI-SAM and SAM per prompt setting over objects x seeds: the
+    protocol of ``wsi-sam eval``, on the cached (unaugmented) encoder outputs."""
     was_training = model.training
     model.eval()
-    totals: dict[str, dict[str, list[float]]] = {"wsi-sam": {}, "sam": {}}
-    with SlidePool() as pool, torch.no_grad():
-        for index, sample in enumerate(samples):
-            hr, lr = cache.features(sample, Augmentation(), pool)
-            hr = hr.to(model.device, torch.float32)
-            lr = lr.to(model.device, torch.float32)
-            target = target_masks(sample)[0]
-            for setting in PROMPTS:
-                for seed in seeds:
-                    prompt = simulate_prompt(target, setting, seed, index)
-                    out = model(hr, lr, prompt.to_prompts(model.device))
-                    for name, logits in (("wsi-sam", out.hr_logits), ("sam", out.sam_hr_logits)):
-                        mask = postprocess_logits(logits)[0, 0].cpu().numpy() > 0
-                        totals[name].setdefault(setting, []).append(dice(mask, target))
+    results = []
+    with SlidePool() as pool:
+        for seed in seeds:
+            run = evaluate(
+                samples,
+                ["sam", "wsi-sam"],
+                PROMPTS,
+                wsi=model,
+                seed=seed,
+                progress=False,
+                features=lambda sample: cache.features(sample, Augmentation(), pool),
+            )
+            results += run.results
     if was_training:
         model.train()
-    return {
-        name: {k: 100.0 * float(np.mean(v)) for k, v in per.items()} for name, per in totals.items()
-    }
+    scores: dict[str, dict[str, float]] = {"wsi-sam": {}, "sam": {}}
+    for row in summarise(results):
+        scores[row.model][row.prompt] = row.dice
+    return scores
 
 
 def main() -> int:
@@ -107,9 +97,14 @@ def main() -> int:
     parser.add_argument("--val-images", type=Path, required=True)
     parser.add_argument("--val-masks", type=Path, required=True)
     parser.add_argument("--image-magnification", type=float, default=20.0)
+    parser.add_argument("--dataset", default="GlaS", help="dataset name for the heads' metadata")
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--settings", default="paper,paper-drop,box-weighted,box-weighted-drop")
+    parser.add_argument(
+        "--settings",
+        default="paper,paper-drop,box-weighted,box-weighted-drop,box-heavy,box-only,box-only-drop",
+        help=f"comma-separated, among {', '.join(SETTINGS)}",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--drop-epoch", type=int, default=15)
     parser.add_argument("--every", type=int, default=5)
@@ -122,8 +117,10 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    train = label_samples(args.train_images, args.train_masks, args.image_magnification, "GlaS")
-    val = label_samples(args.val_images, args.val_masks, args.image_magnification, "GlaS")
+    train = label_samples(
+        args.train_images, args.train_masks, args.image_magnification, args.dataset
+    )
+    val = label_samples(args.val_images, args.val_masks, args.image_magnification, args.dataset)
     print(f"{len(train)} training objects, {len(val)} validation objects, seeds {seeds}")
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / "selection.json"
@@ -136,7 +133,11 @@ def main() -> int:
             continue
         drop = args.drop_epoch if name.endswith("-drop") else None
         config = TrainConfig(
-            epochs=args.epochs, lr_drop_epoch=drop, seed=0, trained_on="GlaS", **SETTINGS[name]
+            epochs=args.epochs,
+            lr_drop_epoch=drop,
+            seed=0,
+            trained_on=args.dataset,
+            **SETTINGS[name],
         )
         run_dir = args.out / name
         run_dir.mkdir(parents=True, exist_ok=True)

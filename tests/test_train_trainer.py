@@ -105,12 +105,12 @@ def test_cache_makes_later_epochs_and_runs_skip_the_encoder(tmp_path: Path) -> N
     model = FakeWsiSam()
     cache = FeatureCache(tmp_path / "cache", model)  # type: ignore[arg-type]
     result = train_heads(
-        model,
+        model,  # type: ignore[arg-type]
         samples,
         config,
         cache=cache,
         out=tmp_path / "h.pt",
-        progress=False,  # type: ignore[arg-type]
+        progress=False,
     )
     # 2 objects x (identity + 1 variant) x (HR + LR), all before the first epoch
     assert model.encode_calls == result.encoder_calls == 8
@@ -125,12 +125,12 @@ def test_cache_makes_later_epochs_and_runs_skip_the_encoder(tmp_path: Path) -> N
     again.load_state_dict(model.state_dict())
     cache2 = FeatureCache(tmp_path / "cache", again)  # type: ignore[arg-type]
     second = train_heads(
-        again,
+        again,  # type: ignore[arg-type]
         samples,
         config,
         cache=cache2,
         out=tmp_path / "h2.pt",
-        progress=False,  # type: ignore[arg-type]
+        progress=False,
     )
     assert again.encode_calls == second.encoder_calls == 0
     assert cache2.hits == 4
@@ -145,13 +145,13 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         cache = FeatureCache(tmp_path / "cache", model)  # type: ignore[arg-type]
         config = TrainConfig(epochs=epochs, batch_size=2, augment_variants=1, prompt_kinds=kinds)
         return train_heads(
-            model,
+            model,  # type: ignore[arg-type]
             samples,
             config,
             cache=cache,
             out=out,
             resume=resume,
-            progress=False,  # type: ignore[arg-type]
+            progress=False,
         )
 
     torch.manual_seed(1)
@@ -260,7 +260,7 @@ def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> N
         hr_n, lr_n = PatchFeatures.cat([hr.float()] * n), PatchFeatures.cat([lr.float()] * n)
         with torch.no_grad():
             out = model(hr_n, lr_n, Prompts(boxes=torch.from_numpy(boxes).float()))
-        return float(wsi_sam_loss(out.hr_logits, out.lr_logits, *targets).total)
+        return float(wsi_sam_loss(out.hr_logits, out.lr_logits, targets[0], targets[1]).total)
 
     before = loss_on_fixed_boxes()
     config = TrainConfig(epochs=5, batch_size=1, augment_variants=0, prompt_kinds=("box",))
@@ -271,3 +271,29 @@ def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> N
     assert result.encoder_calls == 0  # the field was cached by the first loss computation
     assert after < 0.95 * before
     assert (tmp_path / "h.pt").is_file()
+
+
+def test_evaluation_on_cached_features_matches_encoding(tmp_path: Path) -> None:
+    from engine.evaluate import evaluate
+    from engine.wsi_sam import load_wsi_sam
+
+    samples = _synthetic_samples(tmp_path, 2)
+    model = load_wsi_sam(heads="none", device="cpu")
+    cache = FeatureCache(tmp_path / "cache", model)
+    with SlidePool() as pool:
+        cached = evaluate(
+            samples,
+            ["sam", "wsi-sam"],
+            ["box", "3"],
+            wsi=model,
+            progress=False,
+            features=lambda sample: cache.features(sample, Augmentation(), pool),
+        )
+    encoded = evaluate(samples, ["sam", "wsi-sam"], ["box", "3"], wsi=model, progress=False)
+    assert cached.encoder_calls == 0 and cache.encoder_calls == 4
+    assert encoded.encoder_calls == 4
+    pairs = list(zip(cached.results, encoded.results, strict=True))
+    assert len(pairs) == 2 * 2 * 2
+    for a, b in pairs:
+        assert (a.model, a.prompt, a.name) == (b.model, b.prompt, b.name)
+        assert a.dice == pytest.approx(b.dice, abs=0.01)  # the cache holds half precision
