@@ -133,7 +133,8 @@ class PatchFeatures:
     def nbytes(self) -> int:
         return sum(t.element_size() * t.nelement() for t in (self.embedding, self.early))
 
-    def __getitem__(self, index: int | slice) -> PatchFeatures:
+    def __getitem__(self, index: int | slice | list[int]) -> PatchFeatures:
+        """Rows of the batch (an int keeps the batch dimension)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return PatchFeatures(self.embedding[index], self.early[index])

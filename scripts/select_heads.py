@@ -12,6 +12,10 @@ the drop are identical), which halves the cost. Prints a table and writes ``sele
 
 The validation objects are encoded once into the same feature cache, so scoring a snapshot
 only runs the decoders.
+
+With ``--folds K`` instead of a validation folder, the training images are split into K folds
+by image (every K-th image in natural order); each setting is trained K times, each time
+scored on the held-out fold, and the table pools the folds (mean over all held-out objects).
 """
 
 from __future__ import annotations
@@ -45,21 +49,44 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "box-weighted": {"prompt_kinds": ("box", "box", "points", "mask")},
     "box-heavy": {"prompt_kinds": ("box", "box", "box", "points", "mask")},
     "box-only": {"prompt_kinds": ("box",)},
+    "paper-object": {"prompt_mixing": "object"},
 }
 SETTINGS.update({f"{name}-drop": dict(s) for name, s in list(SETTINGS.items())})
 
 
 def label_samples(
     images: Path, masks: Path, magnification: float, dataset: str
-) -> list[ObjectSample]:
-    """The objects of the label maps in ``masks``, paired with ``images`` as the CLI pairs them."""
-    samples: list[ObjectSample] = []
+) -> list[list[ObjectSample]]:
+    """The objects of the label maps in ``masks``, paired with ``images`` as the CLI pairs them,
+    grouped by image in natural order of the file names."""
+    per_image: list[list[ObjectSample]] = []
     with SlidePool(default_magnification=magnification) as pool:
-        for image, mask in pair_images_and_masks(images, masks):
-            samples += make_samples(
+        pairs = sorted(pair_images_and_masks(images, masks), key=lambda p: natural_key(p[0].stem))
+        for image, mask in pairs:
+            found = make_samples(
                 image, read_label_map(mask), dataset, default_magnification=magnification, pool=pool
             )
-    return usable(samples)[0]
+            per_image.append(usable(found)[0])
+    return per_image
+
+
+def natural_key(stem: str) -> tuple[int, str]:
+    """'5' before '10'; non-numeric stems after the numeric ones, alphabetically."""
+    return (int(stem), "") if stem.isdigit() else (1 << 62, stem)
+
+
+def split_folds(
+    per_image: list[list[ObjectSample]], folds: int
+) -> list[tuple[list[ObjectSample], list[ObjectSample]]]:
+    """(train, held-out) objects of each fold: image i is held out in fold i mod ``folds``."""
+    if not 2 <= folds <= len(per_image):
+        raise ValueError(f"--folds must be between 2 and the number of images ({len(per_image)})")
+    splits = []
+    for fold in range(folds):
+        held = [s for i, group in enumerate(per_image) if i % folds == fold for s in group]
+        train = [s for i, group in enumerate(per_image) if i % folds != fold for s in group]
+        splits.append((train, held))
+    return splits
 
 
 def score(
@@ -90,12 +117,21 @@ def score(
     return scores
 
 
+def pooled(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Object-weighted mean of per-split scores [(n_objects, {prompt: dice})]."""
+    total = sum(n for n, _ in parts)
+    return {p: sum(n * cells[p] for n, cells in parts) / total for p in PROMPTS}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-images", type=Path, required=True)
     parser.add_argument("--train-masks", type=Path, required=True)
-    parser.add_argument("--val-images", type=Path, required=True)
-    parser.add_argument("--val-masks", type=Path, required=True)
+    parser.add_argument("--val-images", type=Path, help="validation images (or use --folds)")
+    parser.add_argument("--val-masks", type=Path)
+    parser.add_argument(
+        "--folds", type=int, default=None, help="cross-validate over the training images"
+    )
     parser.add_argument("--image-magnification", type=float, default=20.0)
     parser.add_argument("--dataset", default="GlaS", help="dataset name for the heads' metadata")
     parser.add_argument("--cache", type=Path, required=True)
@@ -116,97 +152,133 @@ def main() -> int:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
+    if (args.folds is None) == (args.val_images is None or args.val_masks is None):
+        parser.error("give either --val-images and --val-masks, or --folds")
     seeds = [int(s) for s in args.seeds.split(",")]
-    train = label_samples(
+    per_image = label_samples(
         args.train_images, args.train_masks, args.image_magnification, args.dataset
     )
-    val = label_samples(args.val_images, args.val_masks, args.image_magnification, args.dataset)
-    print(f"{len(train)} training objects, {len(val)} validation objects, seeds {seeds}")
+    splits: dict[str, tuple[list[ObjectSample], list[ObjectSample]]] = {}
+    if args.folds is not None:
+        try:
+            for k, split in enumerate(split_folds(per_image, args.folds)):
+                splits[f"fold{k}"] = split
+        except ValueError as exc:
+            parser.error(str(exc))
+    else:
+        train = [s for group in per_image for s in group]
+        val_groups = label_samples(
+            args.val_images, args.val_masks, args.image_magnification, args.dataset
+        )
+        splits["val"] = (train, [s for group in val_groups for s in group])
+    for split, (train, val) in splits.items():
+        print(f"{split}: {len(train)} training objects, {len(val)} held-out objects")
+    print(f"prompt seeds {seeds}")
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / "selection.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report.setdefault("sam", {})
     check_epochs = set(range(args.every, args.epochs + 1, args.every))
 
+    def save() -> None:
+        tmp = report_path.with_name(report_path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(report_path)
+
     for name in names:
-        if name in report and report[name].get("done"):
-            print(f"{name}: done before, skipped")
-            continue
-        drop = args.drop_epoch if name.endswith("-drop") else None
-        config = TrainConfig(
-            epochs=args.epochs,
-            lr_drop_epoch=drop,
-            seed=0,
-            trained_on=args.dataset,
-            **SETTINGS[name],
-        )
-        run_dir = args.out / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = run_dir / "heads.state.pt"
-        resume = False
-        if drop is not None:
-            # branch off the constant-rate run at the epoch before the drop
-            parent = args.out / name.removesuffix("-drop") / f"state_{args.drop_epoch - 1}.pt"
-            if not parent.is_file():
-                print(f"{name}: needs {parent} (run {name.removesuffix('-drop')} first)")
-                return 2
-            shutil.copyfile(parent, state)
-            resume = True
-        model = load_wsi_sam(heads="none", device=args.device)
-        cache = FeatureCache(args.cache, model)
-        scores: dict[str, Any] = {"settings": dataclasses.asdict(config)}
-        if "sam" not in report:
-            report["sam"] = {"val": score(model, cache, val, seeds)["sam"]}
-            print(f"SAM on validation: {report['sam']['val']}")
+        for split, (train, val) in splits.items():
+            if report.get(name, {}).get(split, {}).get("done"):
+                print(f"{name} {split}: done before, skipped")
+                continue
+            drop = args.drop_epoch if name.endswith("-drop") else None
+            config = TrainConfig(
+                epochs=args.epochs,
+                lr_drop_epoch=drop,
+                seed=0,
+                trained_on=args.dataset,
+                **SETTINGS[name],
+            )
+            run_dir = args.out / name / split
+            run_dir.mkdir(parents=True, exist_ok=True)
+            state = run_dir / "heads.state.pt"
+            resume = False
+            if drop is not None:
+                # branch off the constant-rate run at the epoch before the drop
+                parent_name = name.removesuffix("-drop")
+                parent = args.out / parent_name / split / f"state_{args.drop_epoch - 1}.pt"
+                if not parent.is_file():
+                    print(f"{name}: needs {parent} (run {parent_name} first)")
+                    return 2
+                shutil.copyfile(parent, state)
+                resume = True
+            model = load_wsi_sam(heads="none", device=args.device)
+            cache = FeatureCache(args.cache, model)
+            scores: dict[str, Any] = {"settings": dataclasses.asdict(config), "n_objects": len(val)}
+            if split not in report["sam"]:
+                report["sam"][split] = {
+                    "n_objects": len(val),
+                    **score(model, cache, val, seeds)["sam"],
+                }
+                print(f"SAM on {split}: {report['sam'][split]}")
+                save()
 
-        def on_epoch(
-            epoch: int,
-            loss: float,
-            model: WsiSam = model,
-            cache: FeatureCache = cache,
-            run_dir: Path = run_dir,
-            scores: dict[str, Any] = scores,
-            name: str = name,
-            drop: int | None = drop,
-        ) -> None:
-            if drop is None and epoch == args.drop_epoch - 1:
-                shutil.copyfile(run_dir / "heads.state.pt", run_dir / f"state_{epoch}.pt")
-            if epoch in check_epochs:
-                t0 = time.perf_counter()
-                result = score(model, cache, val, seeds)["wsi-sam"]
-                scores[f"epoch_{epoch}"] = {"loss": loss, **result}
-                cells = "  ".join(f"{k} {v:.2f}" for k, v in result.items())
-                seconds = time.perf_counter() - t0
-                print(f"{name} epoch {epoch}: loss {loss:.4f}  {cells}  ({seconds:.0f} s)")
-                report[name] = scores
-                report_path.write_text(json.dumps(report, indent=1))
+            def on_epoch(
+                epoch: int,
+                loss: float,
+                model: WsiSam = model,
+                cache: FeatureCache = cache,
+                run_dir: Path = run_dir,
+                scores: dict[str, Any] = scores,
+                name: str = name,
+                split: str = split,
+                val: list[ObjectSample] = val,
+                drop: int | None = drop,
+            ) -> None:
+                if drop is None and epoch == args.drop_epoch - 1:
+                    shutil.copyfile(run_dir / "heads.state.pt", run_dir / f"state_{epoch}.pt")
+                if epoch in check_epochs:
+                    t0 = time.perf_counter()
+                    result = score(model, cache, val, seeds)["wsi-sam"]
+                    scores[f"epoch_{epoch}"] = {"loss": loss, **result}
+                    cells = "  ".join(f"{k} {v:.2f}" for k, v in result.items())
+                    seconds = time.perf_counter() - t0
+                    print(
+                        f"{name} {split} epoch {epoch}: loss {loss:.4f}  {cells}  ({seconds:.0f} s)"
+                    )
+                    report.setdefault(name, {})[split] = scores
+                    save()
 
-        t0 = time.perf_counter()
-        train_heads(
-            model,
-            train,
-            config,
-            cache=cache,
-            out=run_dir / "heads.pt",
-            state_path=state,
-            resume=resume,
-            progress=False,
-            on_epoch=on_epoch,
-        )
-        scores["seconds"] = time.perf_counter() - t0
-        scores["done"] = True
-        report[name] = scores
-        report_path.write_text(json.dumps(report, indent=1))
+            t0 = time.perf_counter()
+            train_heads(
+                model,
+                train,
+                config,
+                cache=cache,
+                out=run_dir / "heads.pt",
+                state_path=state,
+                resume=resume,
+                progress=False,
+                on_epoch=on_epoch,
+            )
+            scores["seconds"] = time.perf_counter() - t0
+            scores["done"] = True
+            report.setdefault(name, {})[split] = scores
+            save()
 
-    sam = report["sam"]["val"]
-    print("\nvalidation Dice (%), WSI-SAM minus SAM in brackets")
+    split_names = list(splits)
+    sam = pooled([(report["sam"][s]["n_objects"], report["sam"][s]) for s in split_names])
+    print(
+        f"\nheld-out Dice (%) pooled over {', '.join(split_names)}; WSI-SAM minus SAM in brackets"
+    )
     print("setting / epoch | " + " | ".join(PROMPTS))
-    for name, scores in report.items():
-        if name == "sam":
-            continue
-        for key, cells in scores.items():
-            if key.startswith("epoch_"):
-                row = " | ".join(f"{cells[p]:.2f} ({cells[p] - sam[p]:+.2f})" for p in PROMPTS)
-                print(f"{name} {key[6:]} | {row}")
+    for name in names:
+        runs = [report.get(name, {}).get(s, {}) for s in split_names]
+        done = [{int(k[6:]) for k in r if k.startswith("epoch_")} for r in runs]
+        epochs = sorted(set.intersection(*done)) if done else []
+        for epoch in epochs:
+            cells = pooled([(r["n_objects"], r[f"epoch_{epoch}"]) for r in runs])
+            row = " | ".join(f"{cells[p]:.2f} ({cells[p] - sam[p]:+.2f})" for p in PROMPTS)
+            print(f"{name} {epoch} | {row}")
     print("SAM | " + " | ".join(f"{sam[p]:.2f}" for p in PROMPTS))
     return 0
 

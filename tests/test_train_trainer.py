@@ -17,7 +17,15 @@ from engine.train.augment import Augmentation, augmentation_variants
 from engine.train.data import ObjectSample, SlidePool, make_samples, target_masks
 from engine.train.features import FeatureCache
 from engine.train.readers import read_label_map
-from engine.train.trainer import LR_DROP_FACTOR, TrainConfig, epoch_lr, train_heads
+from engine.train.trainer import (
+    LR_DROP_FACTOR,
+    TrainConfig,
+    _mixed_prompt_forward,
+    draw_prompt_kinds,
+    epoch_lr,
+    simulate_training_prompts,
+    train_heads,
+)
 from engine.wsi_sam import PatchFeatures, Prompts, WsiSamOutput
 
 
@@ -208,6 +216,59 @@ def test_learning_rate_drops_from_the_chosen_epoch(tmp_path: Path) -> None:
     run(1, False, FakeWsiSam())
     run(3, True, FakeWsiSam())  # the resumed run sets the rate from the epoch number
     assert seen == pytest.approx([1e-3, 1e-4, 1e-4])
+
+
+def test_prompt_kinds_are_drawn_per_batch_or_per_object(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    per_batch = TrainConfig()
+    per_object = TrainConfig(prompt_mixing="object")
+    for _ in range(50):
+        assert len(set(draw_prompt_kinds(per_batch, 4, rng))) == 1
+    drawn = [k for _ in range(500) for k in draw_prompt_kinds(per_object, 4, rng)]
+    assert sum(len(set(drawn[i : i + 4])) > 1 for i in range(0, len(drawn), 4)) > 300
+    shares = [drawn.count(k) / len(drawn) for k in ("box", "points", "mask")]
+    assert shares == pytest.approx([1 / 3] * 3, abs=0.04)
+    with pytest.raises(ValueError, match="prompt mixing"):
+        TrainConfig(prompt_mixing="step")
+
+    # A mixed batch runs one sub-batch per kind and returns the logits in the batch's order.
+    model = FakeWsiSam()
+    yy, xx = np.mgrid[:1024, :1024]
+    masks = [(xx - 300 - 100 * i) ** 2 + (yy - 500) ** 2 < (80 + 20 * i) ** 2 for i in range(4)]
+    features = PatchFeatures(torch.rand(4, 256, 64, 64), torch.zeros(4, 160, 64, 64))
+    kinds = ["points", "box", "points", "box"]
+    hr, lr = _mixed_prompt_forward(
+        model, features, features, masks, kinds, np.random.default_rng(7), 10
+    )
+    assert hr.shape == lr.shape == (4, 1, 256, 256)
+    replay = np.random.default_rng(7)  # the same draws, kind by kind in first-seen order
+    points = simulate_training_prompts([masks[0], masks[2]], "points", replay)
+    boxes = simulate_training_prompts([masks[1], masks[3]], "box", replay)
+    expected_points = model(features[[0, 2]], features[[0, 2]], points)
+    expected_boxes = model(features[[1, 3]], features[[1, 3]], boxes)
+    assert torch.equal(hr[[0, 2]], expected_points.hr_logits)
+    assert torch.equal(hr[[1, 3]], expected_boxes.hr_logits)
+    assert torch.equal(lr[[1, 3]], expected_boxes.lr_logits)
+    assert not torch.equal(hr[1], hr[0])  # the box rows did get their boxes
+
+    # A whole run with per-object kinds logs mixed steps and lowers the loss.
+    samples = _synthetic_samples(tmp_path, 3)
+    model = FakeWsiSam()
+    result = train_heads(
+        model,  # type: ignore[arg-type]
+        samples,
+        TrainConfig(
+            epochs=8, batch_size=3, augment_variants=0, prompt_mixing="object", lr=1e-2
+        ),
+        cache=FeatureCache(tmp_path / "cache", model),  # type: ignore[arg-type]
+        out=tmp_path / "h.pt",
+        progress=False,
+    )
+    log = [json.loads(line) for line in (tmp_path / "h.log.jsonl").read_text().splitlines()]
+    assert any(e.get("prompt") == "mixed" for e in log)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    saved = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert saved["metadata"]["prompt_mixing"] == "object"
 
 
 def test_augmentation_flips_jointly_and_keeps_masks_binary() -> None:

@@ -65,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="box,points,mask",
         help="prompt kinds drawn during training (box, points, mask)",
     )
+    parser.add_argument(
+        "--prompt-mixing",
+        choices=("batch", "object"),
+        default="batch",
+        help="draw the prompt kind once per step (batch, default) or per object (object, "
+        "HQ-SAM's way: a step mixes kinds)",
+    )
     parser.add_argument("--checkpoint", help="MobileSAM checkpoint (default: the packaged one)")
     parser.add_argument(
         "--init-heads", help="start from these heads instead of fresh (zero-output) ones"
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             augment_variants=args.augment_variants,
             seed=args.seed,
             prompt_kinds=tuple(k.strip() for k in args.prompt_kinds.split(",") if k.strip()),
+            prompt_mixing=args.prompt_mixing,
             magnification=args.magnification,
         )
         if args.augment_variants < 0:

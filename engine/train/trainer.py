@@ -2,8 +2,9 @@
 
 Preparation encodes every (object, augmentation variant) once into the :class:`FeatureCache`;
 the epochs then only run the prompt encoder, the two mask decoders and the heads, which is what
-makes training on a CPU practical. Each step draws one prompt kind for the batch (noisy box, 1-10
-positive points, or a coarse mask, as HQ-SAM's training does), computes
+makes training on a CPU practical. Each step draws a prompt kind (noisy box, 1-10 positive
+points, or a coarse mask) for the whole batch, or for each object as HQ-SAM's training does
+(``prompt_mixing="object"``), computes
 ``λ·(dice+BCE)_HR + (1-λ)·(dice+BCE)_LR`` at 256x256 and takes an AdamW step on the heads.
 
 Every epoch writes a resumable checkpoint (heads, optimiser, epoch, random states, settings) and
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "wsi-sam-train-state/1"
 PROMPT_KINDS = ("box", "points", "mask")
+PROMPT_MIXINGS = ("batch", "object")
 LR_DROP_FACTOR = 0.1
 
 
@@ -56,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     max_points: int = 10
     prompt_kinds: tuple[str, ...] = PROMPT_KINDS
+    # "batch": one prompt kind per step; "object": one per object (HQ-SAM), so a step mixes kinds.
+    prompt_mixing: str = "batch"
     magnification: float | None = None
     trained_on: str = ""
     # Step decay as in HQ-SAM's training code: lr x LR_DROP_FACTOR from this epoch on (1-based).
@@ -75,6 +79,10 @@ class TrainConfig:
         unknown = set(self.prompt_kinds) - set(PROMPT_KINDS)
         if unknown or not self.prompt_kinds:
             raise ValueError(f"prompt kinds must be among {PROMPT_KINDS}, got {self.prompt_kinds}")
+        if self.prompt_mixing not in PROMPT_MIXINGS:
+            raise ValueError(
+                f"prompt mixing must be one of {PROMPT_MIXINGS}, got {self.prompt_mixing!r}"
+            )
 
 
 @dataclass
@@ -234,6 +242,43 @@ def _batch_features(
     return hr, lr
 
 
+def draw_prompt_kinds(config: TrainConfig, count: int, rng: np.random.Generator) -> list[str]:
+    """The prompt kind of each of ``count`` objects in a step: one draw per batch or per object."""
+    if config.prompt_mixing == "batch":
+        return [str(rng.choice(config.prompt_kinds))] * count
+    return [str(k) for k in rng.choice(config.prompt_kinds, size=count)]
+
+
+def _mixed_prompt_forward(
+    model: WsiSam,
+    hr: PatchFeatures,
+    lr: PatchFeatures,
+    hr_masks: Sequence[np.ndarray],
+    kinds: Sequence[str],
+    rng: np.random.Generator,
+    max_points: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HR and LR logits (B, 1, 256, 256) of a batch whose objects may have different prompt kinds.
+
+    SAM's prompt encoder takes one prompt layout per call, so each kind runs as its own
+    sub-batch; the logits come back in the batch's order.
+    """
+    device = model.device
+    hr_parts: list[torch.Tensor | None] = [None] * len(kinds)
+    lr_parts: list[torch.Tensor | None] = [None] * len(kinds)
+    for kind in dict.fromkeys(kinds):  # first-seen order, so the random draws are repeatable
+        index = [i for i, k in enumerate(kinds) if k == kind]
+        prompts = simulate_training_prompts([hr_masks[i] for i in index], kind, rng, max_points)
+        output = model(hr[index], lr[index], prompts.to(device))
+        for row, i in enumerate(index):
+            hr_parts[i] = output.hr_logits[row]
+            lr_parts[i] = output.lr_logits[row]
+    return (
+        torch.stack([t for t in hr_parts if t is not None]),
+        torch.stack([t for t in lr_parts if t is not None]),
+    )
+
+
 def epoch_lr(config: TrainConfig, epoch: int) -> float:
     """Learning rate of 1-based ``epoch`` under the step decay of ``config``."""
     if config.lr_drop_epoch is not None and epoch >= config.lr_drop_epoch:
@@ -324,17 +369,17 @@ def train_heads(
             for step, batch in enumerate(bar):
                 items = [prepared[i][int(rng.integers(len(prepared[i])))] for i in batch]
                 masks = [item.masks() for item in items]
-                kind = str(rng.choice(config.prompt_kinds))
-                prompts = simulate_training_prompts(
-                    [m[0] for m in masks], kind, rng, config.max_points
-                ).to(device)
+                kinds = draw_prompt_kinds(config, len(items), rng)
                 hr_targets = torch.from_numpy(np.stack([area_downsample(m[0]) for m in masks]))
                 lr_targets = torch.from_numpy(np.stack([area_downsample(m[1]) for m in masks]))
                 hr, lr = _batch_features(cache, items, device)
-                output = model(hr, lr, prompts)
+                hr_logits, lr_logits = _mixed_prompt_forward(
+                    model, hr, lr, [m[0] for m in masks], kinds, rng, config.max_points
+                )
+                kind = kinds[0] if len(set(kinds)) == 1 else "mixed"
                 terms = wsi_sam_loss(
-                    output.hr_logits,
-                    output.lr_logits,
+                    hr_logits,
+                    lr_logits,
                     hr_targets[:, None].to(device),
                     lr_targets[:, None].to(device),
                     config.lam,
