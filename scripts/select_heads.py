@@ -50,6 +50,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "box-heavy": {"prompt_kinds": ("box", "box", "box", "points", "mask")},
     "box-only": {"prompt_kinds": ("box",)},
     "paper-object": {"prompt_mixing": "object"},
+    "paper-object-aug4": {"prompt_mixing": "object", "augment_variants": 4},
 }
 SETTINGS.update({f"{name}-drop": dict(s) for name, s in list(SETTINGS.items())})
 
