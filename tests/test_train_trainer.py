@@ -257,9 +257,7 @@ def test_prompt_kinds_are_drawn_per_batch_or_per_object(tmp_path: Path) -> None:
     result = train_heads(
         model,  # type: ignore[arg-type]
         samples,
-        TrainConfig(
-            epochs=8, batch_size=3, augment_variants=0, prompt_mixing="object", lr=1e-2
-        ),
+        TrainConfig(epochs=8, batch_size=3, augment_variants=0, prompt_mixing="object", lr=1e-2),
         cache=FeatureCache(tmp_path / "cache", model),  # type: ignore[arg-type]
         out=tmp_path / "h.pt",
         progress=False,

@@ -264,19 +264,17 @@ def _mixed_prompt_forward(
     sub-batch; the logits come back in the batch's order.
     """
     device = model.device
-    hr_parts: list[torch.Tensor | None] = [None] * len(kinds)
-    lr_parts: list[torch.Tensor | None] = [None] * len(kinds)
+    order: list[int] = []
+    hr_logits, lr_logits = [], []
     for kind in dict.fromkeys(kinds):  # first-seen order, so the random draws are repeatable
         index = [i for i, k in enumerate(kinds) if k == kind]
         prompts = simulate_training_prompts([hr_masks[i] for i in index], kind, rng, max_points)
         output = model(hr[index], lr[index], prompts.to(device))
-        for row, i in enumerate(index):
-            hr_parts[i] = output.hr_logits[row]
-            lr_parts[i] = output.lr_logits[row]
-    return (
-        torch.stack([t for t in hr_parts if t is not None]),
-        torch.stack([t for t in lr_parts if t is not None]),
-    )
+        order += index
+        hr_logits.append(output.hr_logits)
+        lr_logits.append(output.lr_logits)
+    restore = torch.argsort(torch.tensor(order, device=device))
+    return torch.cat(hr_logits)[restore], torch.cat(lr_logits)[restore]
 
 
 def epoch_lr(config: TrainConfig, epoch: int) -> float:
