@@ -1,10 +1,10 @@
 """QuPath bridge: QuPath GeoJSON both ways and QuPath projects (through paquo), as plain data.
 
 Geometries are shapely objects in level-0 slide pixels; classes are names with RGB colours.
-No Qt, no torch. Reading GeoJSON and reading a project's image list and classes work without
-QuPath; reading or writing a project's objects needs QuPath (found through paquo, see
-:func:`qupath_status`). See :mod:`qupath_bridge.project` for how the app's annotations are kept
-safely in a project when QuPath is absent.
+No Qt, no torch. Reading GeoJSON, a project's image list and classes, and the objects in its
+``data.qpdata`` files (:func:`read_qpdata`) work without QuPath; writing a project's objects
+needs QuPath (found through paquo, see :func:`qupath_status`). See :mod:`qupath_bridge.project`
+for how the app's annotations are kept safely in a project when QuPath is absent.
 
     >>> from qupath_bridge import read_geojson, write_geojson, open_project
     >>> annotations = read_geojson("export.geojson")
@@ -24,6 +24,7 @@ from .geojson import REPAIRED_METADATA_KEY, read_geojson, to_geojson_obj, write_
 from .model import DEFAULT_PATH_CLASSES, OBJECT_TYPES, Annotation, PathClass
 from .project import Project, create_project, open_project
 from .project_file import ProjectImage, path_from_uri
+from .qpdata import QpData, QpDataError, QpDataWarning, read_qpdata
 from .qupath import QuPathStatus, qupath_status
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "Project",
     "ProjectError",
     "ProjectImage",
+    "QpData",
+    "QpDataError",
+    "QpDataWarning",
     "QuPathNotFoundError",
     "QuPathStatus",
     "create_project",
@@ -45,6 +49,7 @@ __all__ = [
     "path_from_uri",
     "qupath_status",
     "read_geojson",
+    "read_qpdata",
     "to_geojson_obj",
     "write_geojson",
 ]

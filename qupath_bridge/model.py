@@ -132,6 +132,8 @@ class Annotation:
         nucleus_geometry: the nucleus of a cell, in level-0 pixels; None otherwise.
         extra_properties: GeoJSON ``properties`` this bridge does not interpret (for example the
             object's own ``color``), written back unchanged so a round trip loses nothing.
+        parent_id: the id of the object's parent in QuPath's hierarchy, or None for a top-level
+            object (known when read from ``data.qpdata``; GeoJSON does not record it).
     """
 
     geometry: BaseGeometry
@@ -144,6 +146,7 @@ class Annotation:
     metadata: dict[str, str] = field(default_factory=dict)
     nucleus_geometry: BaseGeometry | None = None
     extra_properties: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
 
     @property
     def class_name(self) -> str | None:

@@ -93,7 +93,7 @@ def demo(tmp_path: Path) -> Path:
     """A writable copy of the real QuPath 0.6.0 project with a data folder for image 1."""
     folder = tmp_path / "demo"
     shutil.copytree(PROJECTS["0.6.0"], folder)
-    (folder / "data" / "1").mkdir(parents=True)
+    (folder / "data" / "1").mkdir(parents=True, exist_ok=True)
     (folder / "data" / "1" / "data.qpdata").write_bytes(b"\xac\xed\x00\x05 not readable here")
     return folder
 
