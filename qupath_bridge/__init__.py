@@ -26,6 +26,7 @@ from .project import Project, create_project, open_project
 from .project_file import ProjectImage, path_from_uri
 from .qpdata import QpData, QpDataError, QpDataWarning, read_qpdata
 from .qupath import QuPathStatus, qupath_status
+from .relink import file_uri, find_images, missing_images, relink_images
 
 __all__ = [
     "DEFAULT_PATH_CLASSES",
@@ -45,11 +46,15 @@ __all__ = [
     "QuPathNotFoundError",
     "QuPathStatus",
     "create_project",
+    "file_uri",
+    "find_images",
+    "missing_images",
     "open_project",
     "path_from_uri",
     "qupath_status",
     "read_geojson",
     "read_qpdata",
+    "relink_images",
     "to_geojson_obj",
     "write_geojson",
 ]

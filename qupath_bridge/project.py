@@ -4,21 +4,24 @@ Without QuPath
     ``open_project(path)`` (mode ``"r"``) reads ``project.qpproj`` and
     ``classifiers/classes.json``, which are plain JSON: the images (name, entry id, URI, local
     path, whether the file exists) and the classes. The objects QuPath drew are in
-    ``data/<entry id>/data.qpdata``, a Java-serialized file only QuPath can read, so
-    ``read_annotations`` of such an image raises :class:`QuPathNotFoundError` and writing into
-    the project always does (with one sentence on how to point paquo at QuPath:
-    ``PAQUO_QUPATH_DIR``). Modes ``"r+"`` and ``"x"`` need QuPath.
+    ``data/<entry id>/data.qpdata``, a Java-serialized file that :func:`~.qpdata.read_qpdata`
+    reads without Java, so ``read_annotations`` returns them too (annotations, detections, cells
+    and TMA cores, with ``parent_id``). Writing into the project needs QuPath (the error says
+    how to point paquo at it: ``PAQUO_QUPATH_DIR``). Modes ``"r+"`` and ``"x"`` need QuPath.
+    :func:`~.relink.relink_images` updates image URIs in ``project.qpproj`` without QuPath.
 
 The ``wsi-sam`` sidecar: nothing the user makes is lost
     When QuPath is absent the app can still keep its annotations *inside the project folder*
     with :meth:`Project.write_sidecar`: a QuPath GeoJSON file ``<project>/wsi-sam/<entry
-    id>.geojson`` per image, written atomically. QuPath ignores that folder, so the project
-    itself is never modified, and the file can also be dragged into QuPath by hand.
-    ``read_annotations`` returns the sidecar's annotations when QuPath is absent (those in
-    ``data.qpdata`` cannot be shown then, which is logged). When QuPath is present,
-    ``read_annotations`` returns QuPath's objects plus the sidecar annotations not yet in QuPath,
-    and the next ``write_annotations`` for that image writes them into QuPath too (except ids the
-    caller removes) and then moves the sidecar into that write's backup folder.
+    id>.geojson`` per image, written atomically, and the ids of QuPath objects the user deleted
+    in ``<entry id>.removed.json``. QuPath ignores that folder, so the project itself is never
+    modified, and the GeoJSON file can also be dragged into QuPath by hand. Without QuPath,
+    ``read_annotations`` returns the objects of ``data.qpdata`` less the deleted ones, with the
+    sidecar on top (a sidecar annotation replaces the QuPath object with the same id, keeping
+    its place in the hierarchy). When QuPath is present, ``read_annotations`` returns QuPath's
+    objects plus the sidecar annotations not yet in QuPath, and the next ``write_annotations``
+    for that image writes them into QuPath too (except ids the caller removes), removes the
+    deleted ones, and then moves the sidecar files into that write's backup folder.
 
 Writing with QuPath
     ``write_annotations(image, annotations, replace_ids)`` adds the given annotations, replaces
@@ -33,6 +36,7 @@ Writing with QuPath
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -41,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .errors import BridgeError, GeoJSONError, ProjectError, QuPathNotFoundError
-from .files import is_writable_dir, make_backup, restore_backup
+from .files import atomic_write_bytes, is_writable_dir, make_backup, restore_backup
 from .geojson import read_geojson, to_geojson_obj, write_geojson
 from .model import Annotation, PathClass
 from .project_file import (
@@ -50,6 +54,7 @@ from .project_file import (
     find_project_file,
     read_project_info,
 )
+from .qpdata import read_qpdata
 from .qupath import no_qupath_message, qupath_status
 
 if TYPE_CHECKING:
@@ -153,35 +158,35 @@ class Project:
         path = self.sidecar_path(image)
         return read_geojson(path) if path.is_file() else []
 
+    def read_removed(self, image: ImageKey) -> set[str]:
+        """Ids of the image's QuPath objects deleted in the app while QuPath was absent."""
+        path = self._removed_path(self.image(image))
+        if not path.is_file():
+            return set()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ProjectError(f"cannot read the deleted-object list {path}: {exc}") from None
+        ids = data.get("removed") if isinstance(data, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ProjectError(f"{path} is not a list of deleted object ids")
+        return set(ids)
+
     def read_annotations(self, image: ImageKey) -> list[Annotation]:
-        """All objects of ``image``: QuPath's (with QuPath) plus the sidecar's not yet in QuPath.
+        """All objects of ``image``: QuPath's (read through QuPath when it is installed, from
+        ``data.qpdata`` without it) with the sidecar's changes on top.
 
         Raises:
-            QuPathNotFoundError: QuPath is absent, the image has QuPath objects
-                (``data.qpdata``) and no sidecar.
+            QpDataError: QuPath is absent and the image's ``data.qpdata`` cannot be read.
         """
         entry = self.image(image)
         sidecar = self.read_sidecar(entry)
         data_file = self.path / "data" / entry.entry_id / "data.qpdata"
         backend = self._get_backend()
         if backend is None:
-            if sidecar:
-                if data_file.is_file():
-                    _log.warning(
-                        "%s: showing the annotations saved without QuPath only; the objects in "
-                        "data.qpdata need QuPath (%s)",
-                        entry.name,
-                        qupath_status().message,
-                    )
-                return sidecar
-            if data_file.is_file():
-                raise QuPathNotFoundError(
-                    no_qupath_message(
-                        f"Reading the objects of {entry.name!r} (stored by QuPath in data.qpdata, "
-                        "a Java-serialized file that only QuPath can read)"
-                    )
-                )
-            return []
+            removed = self.read_removed(entry)
+            objects = read_qpdata(data_file).objects if data_file.is_file() else []
+            return _overlay([a for a in objects if a.id not in removed], sidecar)
         objects = read_geojson(backend.read_objects(entry.entry_id)) if data_file.is_file() else []
         known = {annotation.id for annotation in objects}
         return objects + [annotation for annotation in sidecar if annotation.id not in known]
@@ -204,7 +209,7 @@ class Project:
         """
         entry = self.image(image)
         annotations = list(annotations)
-        removed = _id_set(replace_ids)
+        removed = _id_set(replace_ids) | self.read_removed(entry)
         backend = self._writer("Writing annotations into a QuPath project")
         features = to_geojson_obj(annotations)["features"]  # fails before anything is touched
         sidecar_file = self.path / SIDECAR_FOLDER / f"{entry.entry_id}.geojson"
@@ -227,9 +232,10 @@ class Project:
             backend.write_objects(entry.entry_id, features, remove)
 
         backup = self._transaction(write, [entry.entry_id])
-        if sidecar_file.is_file():
-            # Its annotations are in QuPath now; keep the file with the backup.
-            os.replace(sidecar_file, backup / sidecar_file.name)
+        for done in (sidecar_file, self._removed_path(entry)):
+            if done.is_file():
+                # What it held is in QuPath now; keep the file with the backup.
+                os.replace(done, backup / done.name)
         self.reload()
 
     def write_sidecar(
@@ -246,7 +252,9 @@ class Project:
         """
         entry = self.image(image)
         annotations = list(annotations)
-        removed = _id_set(replace_ids) | {annotation.id for annotation in annotations}
+        written = {annotation.id for annotation in annotations}
+        deleted = _id_set(replace_ids)
+        removed = deleted | written
         folder = self.path / SIDECAR_FOLDER
         if not is_writable_dir(self.path if not folder.exists() else folder):
             raise ProjectError(
@@ -260,7 +268,15 @@ class Project:
             write_geojson(path, [*kept, *annotations])
         except GeoJSONError as exc:
             raise ProjectError(f"cannot save the annotations of {entry.name!r}: {exc}") from exc
+        tombstones = (self.read_removed(entry) | deleted) - written
+        removed_file = self._removed_path(entry)
+        if tombstones or removed_file.exists():
+            text = json.dumps({"removed": sorted(tombstones)}, indent=1)
+            atomic_write_bytes(removed_file, text.encode("utf-8"))
         return path
+
+    def _removed_path(self, entry: ProjectImage) -> Path:
+        return self.path / SIDECAR_FOLDER / f"{entry.entry_id}.removed.json"
 
     # ------------------------------------------------------------------ classes and images
 
@@ -346,6 +362,22 @@ class Project:
                 f"the project was restored from the backup {backup}"
             ) from exc
         return backup
+
+
+def _overlay(objects: list[Annotation], sidecar: list[Annotation]) -> list[Annotation]:
+    """``objects`` with the sidecar's annotations on top: one with the id of an object replaces
+    it in place (keeping its parent), the others follow."""
+    changed = {annotation.id: annotation for annotation in sidecar}
+    result = []
+    for obj in objects:
+        replacement = changed.pop(obj.id, None)
+        if replacement is None:
+            result.append(obj)
+        else:
+            if replacement.parent_id is None:
+                replacement.parent_id = obj.parent_id
+            result.append(replacement)
+    return result + list(changed.values())
 
 
 def _id_set(ids: Iterable[str] | None) -> set[str]:
