@@ -81,7 +81,7 @@ class SamPredictor:
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(shape[2]), int(shape[3]))
         image = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        self.features = self.model.image_encoder(image)
+        self.features, _ = self.model.encode_preprocessed(image)
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -179,14 +179,16 @@ class SamPredictor:
                     f"{tuple(point_coords.shape)} vs {tuple(point_labels.shape)}"
                 )
             points = (point_coords, point_labels)
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        with self.model.decoder_autocast():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=self.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+        low_res, iou = low_res.float(), iou.float()
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from engine.device import select_device
 from engine.sam.sam import Sam, build_mobile_sam
 
 log = logging.getLogger(__name__)
@@ -150,17 +149,30 @@ def load_state_dict_into(
 
 
 def load_sam(
-    checkpoint: str | os.PathLike[str] | None = None, device: str | torch.device = "auto"
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto",
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> Sam:
     """Build MobileSAM, load its weights and return it in eval mode with gradients off.
 
     Arguments:
       checkpoint: path to ``mobile_sam.pt`` (or a fine-tuned copy); None for the default from
         :func:`default_checkpoint_path`.
-      device: "auto" (CUDA, then MPS, then CPU), or any torch device.
+      device: "auto" (CUDA, then MPS, then CPU), or any torch device: where the decoders run.
+      backend: the image encoder's runtime: "auto" (torch on a CUDA GPU, else OpenVINO on the
+        CPU when installed, else torch), "torch" or "openvino" (see :mod:`engine.backends`).
+      precision: "auto" (bf16 where the hardware has it natively, fp16 on other GPUs, else f32),
+        "f32", "bf16" or "fp16".
 
-    The checkpoint's provenance is kept as ``model.checkpoint_info`` (:class:`CheckpointInfo`).
+    The checkpoint's provenance is kept as ``model.checkpoint_info`` (:class:`CheckpointInfo`),
+    the encoder backend as ``model.encoder_backend`` (``model.backend_label`` names it).
+    Raises WeightsError for unusable weights and engine.backends.BackendError for a backend or
+    precision this machine cannot run.
     """
+    from engine.backends import build_image_encoder, resolve_backend
+
+    choice = resolve_backend(backend, precision, device)
     path = default_checkpoint_path() if checkpoint is None else Path(checkpoint)
     if checkpoint is None and not path.is_file():
         raise WeightsError(
@@ -182,4 +194,9 @@ def load_sam(
     model.checkpoint_info = CheckpointInfo(path=path, sha256=digest, dropped_keys=tuple(dropped))
     model.eval()
     model.requires_grad_(False)
-    return model.to(select_device(device))
+    model = model.to(choice.device)
+    model.encoder_backend = build_image_encoder(model.image_encoder, choice, digest)
+    # Decoders follow the encoder's half precision on a GPU; on a CPU they stay in f32 (torch's
+    # CPU half-precision kernels are slower than its f32 ones for these small layers).
+    model.decoder_precision = choice.precision if choice.device.type == "cuda" else "f32"
+    return model

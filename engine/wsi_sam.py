@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine.device import select_device
 from engine.sam.common import MLP, LayerNorm2d
 from engine.sam.sam import Sam
 
@@ -309,7 +308,7 @@ class WsiSam(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B,3,H,W), got {tuple(images.shape)}")
         x = self.sam.preprocess(images.to(self.device, torch.float32))
-        embedding, early = self.sam.image_encoder.forward_with_early(x)
+        embedding, early = self.sam.encode_preprocessed(x)
         return PatchFeatures(embedding, early)
 
     def _embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,6 +451,8 @@ def load_wsi_sam(
     device: str | torch.device = "auto",
     checkpoint: str | Path | None = None,
     aggregation: Aggregation | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> WsiSam:
     """Build WSI-SAM on the MobileSAM weights and load its heads.
 
@@ -461,10 +462,12 @@ def load_wsi_sam(
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
         checkpoint: a MobileSAM checkpoint instead of the packaged ``mobile_sam.pt``.
         aggregation: override the heads' token aggregation (``"mean"`` or ``"sum"``).
+        backend, precision: the image encoder's runtime and precision, as for
+            :func:`engine.weights.load_sam`.
     """
     from engine.weights import load_sam
 
-    sam = load_sam(checkpoint=checkpoint, device="cpu")
+    sam = load_sam(checkpoint=checkpoint, device=device, backend=backend, precision=precision)
     model = WsiSam(sam, aggregation=aggregation or "mean")
     if heads is None:
         default = default_heads_path()
@@ -478,7 +481,7 @@ def load_wsi_sam(
     else:
         model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
     model.eval()
-    return model.to(select_device(device))
+    return model.to(sam.device)
 
 
 def postprocess_logits(logits: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:

@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Converted OpenVINO models go to a cache of the test run's own (inherited by the subprocesses the
+# CLI tests start, so the encoder is converted once per run), never into the user's cache.
+if "WSI_SAM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["WSI_SAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="wsi-sam-test-cache-")
 
 import pytest
 

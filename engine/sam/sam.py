@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,10 @@ class Sam(nn.Module):
     pixel_std: torch.Tensor
     #: provenance of the loaded weights (engine.weights.CheckpointInfo), set by load_sam
     checkpoint_info: Any = None
+    #: the encoder backend (engine.backends.ImageEncoder); None runs ``image_encoder`` in torch
+    encoder_backend: Any = None
+    #: precision of the decoders ("f32", or "bf16" / "fp16" under autocast on a GPU)
+    decoder_precision: str = "f32"
 
     def __init__(
         self,
@@ -60,6 +65,34 @@ class Sam(nn.Module):
     def img_size(self) -> int:
         """Side of the square encoder input (1024 for MobileSAM)."""
         return self.image_encoder.img_size
+
+    @property
+    def backend_label(self) -> str:
+        """What runs the encoder, e.g. "OpenVINO CPU bf16" or "torch CPU f32"."""
+        if self.encoder_backend is not None:
+            return str(self.encoder_backend.describe())
+        return f"torch {self.device.type.upper()} f32"
+
+    def encode_preprocessed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen image encoder on its backend.
+
+        Args:
+          images: (B, 3, img_size, img_size) float32, already through :meth:`preprocess`.
+        Returns:
+          the embedding (B, 256, 64, 64) and the early feature (B, 160, 64, 64), float32 on the
+          model's device.
+        """
+        if self.encoder_backend is not None:
+            embedding, early = self.encoder_backend.encode(images)
+            return embedding, early
+        with torch.no_grad():
+            return self.image_encoder.forward_with_early(images)
+
+    def decoder_autocast(self) -> contextlib.AbstractContextManager[None]:
+        """Context for running the prompt encoder and mask decoder in :attr:`decoder_precision`."""
+        from engine.backends import autocast
+
+        return autocast(self.device, self.decoder_precision)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise colours and pad bottom/right to a square encoder input.
@@ -113,7 +146,7 @@ class Sam(nn.Module):
         ``iou_predictions`` (B, C) and ``low_res_logits`` (B, C, 256, 256).
         """
         images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
-        embeddings = self.image_encoder(images)
+        embeddings, _ = self.encode_preprocessed(images)
         outputs = []
         for record, embedding in zip(batched_input, embeddings, strict=True):
             points = None

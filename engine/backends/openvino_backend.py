@@ -1,0 +1,206 @@
+"""The OpenVINO encoder backend: our TinyViT converted once, cached on disk, run on the CPU.
+
+The model is converted from our own torch module with ``openvino.convert_model`` (about 8 s) and
+saved as OpenVINO IR (``encoder.xml`` + ``.bin``, float32 weights) in the user's cache folder,
+keyed by the checkpoint's sha256, the OpenVINO version and the version of our encoder graph, so
+only the first start converts. Precision is a compile-time setting (``INFERENCE_PRECISION_HINT``),
+so one IR serves f32 and bf16; OpenVINO's own compiled-model cache (``CACHE_DIR``, keyed by it
+internally on model, device and configuration) makes later compiles a read.
+
+A frozen bundle ships the IR (``packaging/`` converts at build time) and looks there first, so a
+frozen app never converts. ``WSI_SAM_CACHE_DIR`` moves the cache (e.g. to a shared lab drive).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.backends import BackendError
+from engine.sam.tiny_vit import TinyViT
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the converted graph changes (inputs, outputs or what the module computes).
+ENCODER_GRAPH_VERSION = 1
+IR_NAME = "encoder.xml"
+_OV_PRECISION = {"f32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def cache_root() -> Path:
+    """The user's cache folder for WSI-SAM Studio (``WSI_SAM_CACHE_DIR`` overrides it)."""
+    override = os.environ.get("WSI_SAM_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / "wsi-sam-studio" / "cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "wsi-sam-studio"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsi-sam-studio"
+
+
+def bundled_models_dir() -> Path | None:
+    """Where a frozen bundle keeps its converted models (None when not frozen)."""
+    base = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or base is None:
+        return None
+    return Path(base) / "openvino_models"
+
+
+def model_key(checkpoint_sha256: str) -> str:
+    """Folder name of one converted encoder: checkpoint, OpenVINO version, graph version."""
+    import openvino as ov
+
+    version = ov.get_version().split("-")[0]
+    return f"tinyvit-{checkpoint_sha256[:16]}-ov{version}-g{ENCODER_GRAPH_VERSION}"
+
+
+class _EncoderGraph(nn.Module):
+    """What is converted: preprocessed image -> (embedding, early feature)."""
+
+    def __init__(self, encoder: TinyViT) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder.forward_with_early(x)
+
+
+def convert_encoder(encoder: TinyViT, folder: Path) -> Path:
+    """Convert ``encoder`` to OpenVINO IR in ``folder`` (written to a temporary folder, renamed).
+
+    Returns the path of ``encoder.xml``. Weights stay float32 (``compress_to_fp16=False``) so the
+    f32 backend matches torch; bf16 is chosen when compiling.
+    """
+    import openvino as ov
+
+    side = encoder.img_size
+    example = torch.zeros(1, encoder.in_chans, side, side)
+    t0 = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about the encoder's shape checks, which are constant for one input size
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(_EncoderGraph(encoder.eval()), example_input=example)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        ov.save_model(converted, tmp / IR_NAME, compress_to_fp16=False)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / IR_NAME).is_file():  # another process did not win the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(
+        "converted the image encoder to OpenVINO in %.1f s: %s", time.perf_counter() - t0, folder
+    )
+    return folder / IR_NAME
+
+
+def find_or_convert(
+    encoder: TinyViT, checkpoint_sha256: str, *, allow_convert: bool = True
+) -> Path:
+    """The IR for this checkpoint: the bundle's, else the user cache's, else converted now."""
+    key = model_key(checkpoint_sha256)
+    bundled = bundled_models_dir()
+    if bundled is not None and (bundled / key / IR_NAME).is_file():
+        return bundled / key / IR_NAME
+    cached = cache_root() / "openvino" / key
+    if (cached / IR_NAME).is_file() and (cached / IR_NAME).with_suffix(".bin").is_file():
+        return cached / IR_NAME
+    if not allow_convert:
+        raise BackendError(f"no converted OpenVINO encoder {key} in the bundle or {cached.parent}")
+    try:
+        return convert_encoder(encoder, cached)
+    except OSError as exc:
+        raise BackendError(
+            f"could not write the converted OpenVINO encoder to {cached} ({exc.strerror or exc}); "
+            "set WSI_SAM_CACHE_DIR to a writable folder or use --backend torch"
+        ) from exc
+
+
+class OpenVinoImageEncoder:
+    """Our TinyViT, converted, compiled for the CPU in ``precision`` ("f32", "bf16", "fp16").
+
+    ``threads`` sets ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default, all physical cores).
+    Thread-safe: one inference request per calling thread.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        encoder: TinyViT,
+        checkpoint_sha256: str,
+        precision: str = "f32",
+        threads: int | None = None,
+    ) -> None:
+        import openvino as ov
+
+        if precision not in _OV_PRECISION:
+            raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
+        self.precision = precision
+        self.ir_path = find_or_convert(encoder, checkpoint_sha256)
+        config: dict[str, object] = {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        compiled_cache = cache_root() / "openvino" / "compiled"
+        try:
+            compiled_cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(compiled_cache)})
+        except OSError:
+            logger.info("OpenVINO compiled-model cache unavailable at %s", compiled_cache)
+        t0 = time.perf_counter()
+        try:
+            self._compiled = core.compile_model(str(self.ir_path), "CPU", config)
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
+            raise BackendError(
+                f"OpenVINO could not compile the encoder {self.ir_path} for the CPU in "
+                f"{precision}: {reason}"
+            ) from exc
+        self.compile_seconds = time.perf_counter() - t0
+        self._outputs = self._compiled.outputs
+        logger.debug("OpenVINO encoder compiled in %.2f s", self.compile_seconds)
+        self._local = threading.local()
+
+    def _request(self):  # type: ignore[no-untyped-def]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._compiled.create_infer_request()
+            self._local.request = request
+        return request
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, 1024, 1024) preprocessed -> embedding (B, 256, 64, 64), early (B, 160, 64, 64)."""
+        batch = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+        request = self._request()
+        embeddings, earlies = [], []
+        # The IR has a static batch of 1: one patch at a time is the fastest on a CPU anyway.
+        for i in range(batch.shape[0]):
+            result = request.infer({0: batch[i : i + 1]})
+            embeddings.append(torch.from_numpy(np.array(result[self._outputs[0]])))
+            earlies.append(torch.from_numpy(np.array(result[self._outputs[1]])))
+        device = images.device
+        return torch.cat(embeddings).to(device), torch.cat(earlies).to(device)
+
+    def describe(self) -> str:
+        return f"OpenVINO CPU {self.precision}"
