@@ -268,14 +268,27 @@ def load_samples(args: argparse.Namespace) -> list[Any]:
     else:
         import qupath_bridge
 
-        project = qupath_bridge.open_project(args.project, mode="r")
+        # Without QuPath the objects come from each image's data.qpdata (read without Java),
+        # with the app's sidecar annotations on top.
+        try:
+            project = qupath_bridge.open_project(args.project, mode="r")
+        except qupath_bridge.BridgeError as exc:
+            raise DataError(str(exc)) from None
         dataset = args.dataset or Path(project.path).parent.name or "project"
         for entry in project.images:
             if entry.path is None or not entry.exists:
-                logger.warning("project image %s: file not found, skipped", entry.name)
+                logger.warning(
+                    "project image %s: file not found, skipped "
+                    "(wsi-sam project relink PROJECT --search DIR finds moved images)",
+                    entry.name,
+                )
                 continue
             objects = []
-            for annotation in project.read_annotations(entry):
+            try:
+                project_objects = project.read_annotations(entry)
+            except qupath_bridge.BridgeError as exc:
+                raise DataError(f"project image {entry.name}: {exc}") from None
+            for annotation in project_objects:
                 pc = annotation.path_class
                 class_name = pc.name if pc is not None else None
                 if classes is not None and class_name not in classes:
