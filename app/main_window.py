@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QToolBar,
 )
 
+from app.controllers.project_objects import ProjectObjectsController
 from app.dialogs import Prompter
 from app.engine_worker import EngineClient, ProgressFn, Segmenter
 from app.session.annotations import AnnotationStore
@@ -126,6 +127,7 @@ class MainWindow(QMainWindow):
         self.engine = EngineClient(predictor_factory, parent=self)
         self.prompts = PromptController(self.view, self.engine, self)
         self.overlay = AnnotationOverlay(self.view, self.store, self.classes)
+        self.project_objects = ProjectObjectsController(self)  # detection layer, Locate...
 
         self.annotation_dock = AnnotationDock(self.store, self.classes, self)
         self.class_dock = ClassDock(self.classes, self)
@@ -220,6 +222,19 @@ class MainWindow(QMainWindow):
         self.act_toggle_outlines = a("Show &outlines", self._toggle_outlines, ["H"])
         self.act_toggle_outlines.setCheckable(True)
         self.act_toggle_outlines.setChecked(True)
+        self.act_toggle_detections = a(
+            "Show &detections",
+            lambda: self.project_objects.set_visible(self.act_toggle_detections.isChecked()),
+            ["D"],
+            "Show the project's detections and cells",
+        )
+        self.act_toggle_detections.setCheckable(True)
+        self.act_toggle_detections.setChecked(True)
+        self.act_locate = a(
+            "&Locate missing images…",
+            lambda: self.project_objects.locate(),
+            tip="Search a folder for the project's missing images and update the project",
+        )
 
         self.tool_group = QActionGroup(self)
         self.tool_actions: dict[str, QAction] = {}
@@ -245,6 +260,7 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         file_menu.addAction(self.act_open)
         file_menu.addAction(self.act_open_project)
+        file_menu.addAction(self.act_locate)
         self.recent_menu = file_menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addSeparator()
@@ -268,7 +284,7 @@ class MainWindow(QMainWindow):
             edit_menu.addAction(action)
 
         view_menu = menu.addMenu("&View")
-        for action in (self.act_fit, self.act_toggle_outlines):
+        for action in (self.act_fit, self.act_toggle_outlines, self.act_toggle_detections):
             view_menu.addAction(action)
         view_menu.addSeparator()
         for dock in (self.annotation_dock, self.class_dock, self.project_dock):
@@ -463,6 +479,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(
                 "None of the project's images can be found on this computer", 10000
             )
+            self.project_objects.offer_locate()
         return True
 
     def open_project_image(self, index: int) -> bool:
@@ -472,12 +489,7 @@ class MainWindow(QMainWindow):
         if image is self.project_image:
             return True
         if not image.exists or image.path is None:
-            self.prompter.error(
-                "Image not found",
-                f"The project's image {image.name!r} is not on this computer "
-                f"(expected at {image.path or image.uri}).",
-            )
-            return False
+            return self.project_objects.offer_locate(index)  # says so, offers Locate...
         ok = self.open_slide(image.path, _project_image=image)
         if ok:
             self.project_dock.set_current(index)
@@ -485,7 +497,8 @@ class MainWindow(QMainWindow):
 
     def _read_project_annotations(self, image: Any) -> list[Any]:
         try:
-            return list(self.project.read_annotations(image))
+            objects = list(self.project.read_annotations(image))
+            return self.project_objects.take_layer_objects(objects)  # detections: the layer
         except Exception as exc:
             self.prompter.error(
                 "Cannot read the image's annotations",
@@ -503,6 +516,7 @@ class MainWindow(QMainWindow):
         if self.slide_path is not None:
             self.engine.forget_slide(self.slide_path)
         self.overlay.detach()
+        self.project_objects.clear()
         self.prompts.forget_scene_items()
         self.store.set_all([])
         self.undo_stack.clear()
@@ -556,7 +570,8 @@ class MainWindow(QMainWindow):
         import qupath_bridge
 
         try:
-            qupath_bridge.write_geojson(path, self.store.annotations())
+            objects = self.store.annotations() + self.project_objects.objects()
+            qupath_bridge.write_geojson(path, objects)
         except Exception as exc:
             self.prompter.error("Export failed", f"{path}\n\n{plain_error(exc)}")
             return False

@@ -80,6 +80,9 @@ class ScriptedPrompter:
         self.open_path: str | None = None
         self.texts: list[str] = []
         self.colors: list[tuple[int, int, int]] = []
+        self.locate_answer = False
+        self.search_folder: str | None = None
+        self.image_choice: Any = "first"  # "first": the first match of each; or a dict; None
 
     def error(self, title: str, text: str) -> None:
         self.errors.append((title, text))
@@ -108,6 +111,19 @@ class ScriptedPrompter:
 
     def ask_geojson_open_path(self, start_dir: str) -> str | None:
         return self.open_path
+
+    def ask_locate(self, title: str, text: str) -> bool:
+        self.asked.append(f"locate: {text}")
+        return self.locate_answer
+
+    def ask_search_folder(self, start_dir: str) -> str | None:
+        return self.search_folder
+
+    def choose_image_files(self, missing: list[Any], matches: dict[str, list[Path]]) -> Any:
+        self.asked.append(f"choose {sum(len(paths) for paths in matches.values())} files")
+        if self.image_choice == "first":
+            return {entry_id: paths[0] for entry_id, paths in matches.items() if paths}
+        return self.image_choice
 
     def ask_text(self, title: str, label: str, default: str = "") -> str | None:
         return self.texts.pop(0) if self.texts else None

@@ -203,8 +203,8 @@ def test_project_dock_opens_images_and_marks_missing(qtbot, window, tmp_path, sa
     texts = [window.project_dock.list.item(i).text() for i in range(2)]
     assert texts[0] == sample_slide.name and "missing" in texts[1]
     assert window.project_image.entry_id == "1"
-    assert not window.open_project_image(1)
-    assert "not on this computer" in window.prompter.errors[-1][1]
+    assert not window.open_project_image(1)  # missing: says so and offers Locate...
+    assert "not on this computer" in window.prompter.asked[-1]
 
     # saving without QuPath keeps the annotations in the project's sidecar
     window.prompts.set_box(100, 100, 500, 500)

@@ -3,6 +3,9 @@ questions are modal. Tests replace the instance with one that answers programmat
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
@@ -99,6 +102,26 @@ class Prompter:
             self.parent, "Import GeoJSON annotations", start_dir, GEOJSON_FILTER
         )
         return path or None
+
+    def ask_locate(self, title: str, text: str) -> bool:
+        """An image is missing: offer Locate... (True when the user wants to search)."""
+        box = QMessageBox(QMessageBox.Icon.Question, title, text, parent=self.parent)
+        locate = box.addButton("Locate…", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is locate
+
+    def ask_search_folder(self, start_dir: str) -> str | None:
+        path = QFileDialog.getExistingDirectory(
+            self.parent, "Folder to search for the missing images", start_dir
+        )
+        return path or None
+
+    def choose_image_files(self, missing: list[Any], matches: dict[str, list[Path]]) -> Any:
+        """Entry id -> new file for the missing images (or None when cancelled)."""
+        from app.dialogs.locate_images import choose_image_files
+
+        return choose_image_files(missing, matches, self.parent)
 
     def ask_text(self, title: str, label: str, default: str = "") -> str | None:
         text, ok = QInputDialog.getText(self.parent, title, label, text=default)
