@@ -22,7 +22,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry import box as shapely_box
 
 from engine.geometry import mask_to_geometry
-from engine.patches import PATCH_SIZE, Field, choose_field, read_field
+from engine.patches import PATCH_SIZE, Field, choose_field
 from engine.slides import Slide
 from engine.wsi_sam import PatchFeatures, Prompts, WsiSam, postprocess_logits
 
@@ -227,6 +227,39 @@ class WsiSamPredictor:
         chosen = self._pick_field(slide, prompt)
         return (self._slide_key(slide), chosen.key) in self._cache
 
+    def field_at(self, slide: Slide, x: float, y: float) -> Field:
+        """The field a point prompt at level-0 (x, y) would use, at the working magnification.
+
+        What to pre-encode while the user looks at a view centred on (x, y).
+        """
+        return self._pick_field(
+            slide, _Prompt(box=None, points=np.array([[float(x), float(y)]]), labels=None)
+        )
+
+    def preencode(self, slide: Slide, chosen: Field, part: Literal["hr", "lr"]) -> bool:
+        """Encode one patch of a field into the cache ahead of a prompt; True if it ran.
+
+        One patch per call (about one encoder pass), so a caller running this in the background
+        can let a real prompt go first between the HR and the LR patch.
+        """
+        key = (self._slide_key(slide), chosen.key)
+        entry = self._cache.get(key) or _CachedField(chosen)
+        if getattr(entry, part) is not None:
+            return False
+        image = _read_patch(slide, chosen, part)
+        batch = torch.from_numpy(image[None]).permute(0, 3, 1, 2).float()
+        setattr(entry, part, self.model.encode(batch)[0])
+        self.encoder_calls += 1
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        self._evict()
+        return True
+
+    def is_field_cached(self, slide: Slide, chosen: Field, need_lr: bool = True) -> bool:
+        """Whether ``chosen`` is fully encoded (both patches unless ``need_lr`` is False)."""
+        entry = self._cache.get((self._slide_key(slide), chosen.key))
+        return entry is not None and entry.hr is not None and (entry.lr is not None or not need_lr)
+
     def _features(
         self, slide: Slide, chosen: Field, need_lr: bool, timings: dict[str, float]
     ) -> tuple[_CachedField, bool]:
@@ -239,14 +272,13 @@ class WsiSamPredictor:
             self._cache.move_to_end(key)
             return entry, False
         t0 = time.perf_counter()
-        hr_image, lr_image = read_field(slide, chosen)
-        timings["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         todo = []
         if entry.hr is None:
-            todo.append(("hr", hr_image))
+            todo.append(("hr", _read_patch(slide, chosen, "hr")))
         if need_lr and entry.lr is None:
-            todo.append(("lr", lr_image))
+            todo.append(("lr", _read_patch(slide, chosen, "lr")))
+        timings["read"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         batch = torch.from_numpy(np.stack([img for _, img in todo])).permute(0, 3, 1, 2).float()
         encoded = self.model.encode(batch)
         self.encoder_calls += len(todo)
@@ -361,6 +393,14 @@ class WsiSamPredictor:
             min_area=4 * chosen.hr_downsample**2,
         )
         return geometry
+
+
+def _read_patch(slide: Slide, chosen: Field, part: str) -> np.ndarray:
+    """One (1024, 1024, 3) uint8 patch of a field: "hr" or "lr" (outside the slide is white)."""
+    size = (PATCH_SIZE, PATCH_SIZE)
+    if part == "hr":
+        return slide.read_scaled(chosen.hr_origin, chosen.hr_downsample, size)
+    return slide.read_scaled(chosen.lr_origin, chosen.lr_downsample, size)
 
 
 def field_outline(chosen: Field) -> Polygon:

@@ -29,18 +29,18 @@ def slide(sample_slide: Path) -> Iterator[Slide]:
 
 @pytest.fixture(scope="module")
 def counted_model(fresh_wsi_sam: WsiSam) -> Iterator[tuple[WsiSam, list[int]]]:
-    """The session's fresh WSI-SAM with a counter on its image encoder."""
-    encoder = fresh_wsi_sam.sam.image_encoder
-    original = encoder.forward_with_early
+    """The session's fresh WSI-SAM with a counter on its image encoder (whatever the backend)."""
+    sam = fresh_wsi_sam.sam
+    original = sam.encode_preprocessed
     calls: list[int] = []
 
     def counting(x):  # type: ignore[no-untyped-def]
         calls.append(int(x.shape[0]))
         return original(x)
 
-    encoder.forward_with_early = counting  # type: ignore[method-assign]
+    sam.encode_preprocessed = counting  # type: ignore[method-assign]
     yield fresh_wsi_sam, calls
-    encoder.forward_with_early = original  # type: ignore[method-assign]
+    del sam.encode_preprocessed
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,23 @@ def test_segment_cli_reports_bad_input(sample_slide: Path, tmp_path: Path) -> No
     assert done.returncode == 1
     assert "broken.svs" in done.stderr
     assert not (tmp_path / "x.geojson").exists()
+
+
+def test_preencoded_view_centre_answers_the_first_prompt_from_the_cache(
+    counted_model: tuple[WsiSam, list[int]], slide: Slide
+) -> None:
+    model, calls = counted_model
+    predictor = WsiSamPredictor(model)
+    width, height = slide.dimensions
+    cx, cy = width / 2, height / 2
+    chosen = predictor.field_at(slide, cx, cy)
+    before = sum(calls)
+    assert predictor.preencode(slide, chosen, "hr")
+    assert not predictor.is_field_cached(slide, chosen)
+    assert predictor.is_field_cached(slide, chosen, need_lr=False)
+    assert predictor.preencode(slide, chosen, "lr")
+    assert not predictor.preencode(slide, chosen, "lr")  # already there: nothing runs
+    assert sum(calls) - before == 2
+    result = predictor.segment(slide, box=(cx - 60, cy - 50, cx + 60, cy + 50))
+    assert not result.encoded and result.field == chosen
+    assert sum(calls) - before == 2
