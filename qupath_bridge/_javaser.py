@@ -83,6 +83,8 @@ _PRIMITIVES: dict[str, struct.Struct] = {
     "S": _I2,
     "Z": _U1,
 }
+#: Primitive field type codes -> struct codes (booleans come back as bool).
+_STRUCT_CODES = {"B": "b", "C": "H", "D": "d", "F": "f", "I": "i", "J": "q", "S": "h", "Z": "?"}
 #: Primitive array element types as big-endian numpy dtypes.
 _ARRAY_DTYPES = {
     "D": ">f8",
@@ -130,6 +132,9 @@ _MAPS = frozenset(
 )
 
 
+_SIMPLE_NAMES = _BOXED | _LISTS | _MAPS | {"java.util.UUID"}
+
+
 class JavaStreamError(ValueError):
     """The bytes are not a Java serialization stream this reader understands.
 
@@ -151,6 +156,7 @@ class ClassDesc:
     flags: int
     fields: list[tuple[str, str]]  # (type code, field name)
     superclass: ClassDesc | None = None
+    _plan: list[tuple[list[Any], bool]] | None = field(default=None, repr=False)
 
     def chain(self) -> list[ClassDesc]:
         """This class and its superclasses, the topmost superclass first (stream order)."""
@@ -161,6 +167,32 @@ class ClassDesc:
             desc = desc.superclass
         out.reverse()
         return out
+
+    def plan(self) -> list[tuple[list[Any], bool]]:
+        """How to read an object of this class, worked out once: for each serializable class
+        of the chain, its steps (a struct for a run of primitive fields with their names, or
+        an object field's name) and whether custom data follows (``SC_WRITE_METHOD``)."""
+        if self._plan is None:
+            plan = []
+            for cls in self.chain():
+                if not cls.flags & SC_SERIALIZABLE:
+                    continue
+                steps: list[Any] = []
+                run: list[tuple[str, str]] = []
+                for code, name in [*cls.fields, ("L", "")]:
+                    if code in ("L", "["):
+                        if run:
+                            fmt = ">" + "".join(_STRUCT_CODES[c] for c, _ in run)
+                            chars = tuple(n for c, n in run if c == "C")
+                            steps.append((struct.Struct(fmt), tuple(n for _, n in run), chars))
+                            run = []
+                        if name:
+                            steps.append(name)
+                    else:
+                        run.append((code, name))
+                plan.append((steps, bool(cls.flags & SC_WRITE_METHOD)))
+            self._plan = plan
+        return self._plan
 
 
 @dataclass(eq=False)
@@ -200,8 +232,8 @@ class JavaClass:
 class _Pending:
     """Handle-table placeholder for an object that is still being read."""
 
-    def __init__(self, class_name: str) -> None:
-        self.class_name = class_name
+
+_PENDING = _Pending()
 
 
 #: Reads one Externalizable object's data (as its ``readExternal`` would) and returns its value.
@@ -459,11 +491,14 @@ class JavaStream:
 
     def _read_content(self) -> Any:
         start = self.pos
-        tc = self._u1()
-        if tc == TC_NULL:
-            return None
+        if start >= self._size:
+            raise self._eof(1)
+        tc = self._data[start]
+        self.pos = start + 1
         if tc == TC_REFERENCE:
             return self._reference(start)
+        if tc == TC_NULL:
+            return None
         if tc == TC_STRING:
             return self._new_handle(self._utf())
         if tc == TC_LONGSTRING:
@@ -506,11 +541,15 @@ class JavaStream:
         return value
 
     def _reserve_handle(self, class_name: str) -> int:
-        self._handles.append(_Pending(class_name))
+        self._handles.append(_PENDING)
         return len(self._handles) - 1
 
     def _reference(self, start: int) -> Any:
-        handle = self._unpack(_I4) - BASE_HANDLE
+        pos = self.pos
+        if pos + 4 > self._size:
+            raise self._eof(4)
+        handle = _I4.unpack_from(self._data, pos)[0] - BASE_HANDLE
+        self.pos = pos + 4
         if not 0 <= handle < len(self._handles):
             raise self._fail(
                 f"a reference at byte {start} points to object {handle}, but only "
@@ -518,10 +557,10 @@ class JavaStream:
                 start,
             )
         value = self._handles[handle]
-        if isinstance(value, _Pending):
+        if value is _PENDING:
             raise self._fail(
-                f"a reference at byte {start} points back to a {value.class_name} that is still "
-                "being read (a cycle this reader does not support)",
+                f"a reference at byte {start} points back to an object that is still being "
+                "read (a cycle this reader does not support)",
                 start,
             )
         return value
@@ -579,10 +618,18 @@ class JavaStream:
         )
 
     def _new_object(self, start: int) -> Any:
-        desc = self._class_desc()
+        if self.pos < self._size and self._data[self.pos] == TC_REFERENCE:  # the usual case
+            self.pos += 1
+            desc = self._reference(self.pos - 1)
+            if not isinstance(desc, ClassDesc):
+                raise self._fail(f"the object at byte {start} has no class descriptor", start)
+        else:
+            desc = self._class_desc()
         if desc is None:
             raise self._fail(f"the object at byte {start} has no class", start)
-        index = self._reserve_handle(desc.name)
+        handles = self._handles
+        index = len(handles)
+        handles.append(_PENDING)
         if desc.flags & SC_EXTERNALIZABLE:
             value = self._external(desc, start)
         else:
@@ -614,24 +661,24 @@ class JavaStream:
     def _serializable(self, desc: ClassDesc, start: int) -> Any:
         fields: dict[str, Any] = {}
         annotations: list[Any] = []
-        for cls in desc.chain():
-            if not cls.flags & SC_SERIALIZABLE:
-                continue
-            for code, name in cls.fields:
-                fields[name] = self._field_value(code)
-            if cls.flags & SC_WRITE_METHOD:
+        data = self._data
+        for steps, custom in desc.plan():
+            for step in steps:
+                if isinstance(step, str):
+                    fields[step] = self._read_content()
+                    continue
+                layout, names, chars = step
+                if self.pos + layout.size > self._size:
+                    raise self._eof(layout.size)
+                fields.update(zip(names, layout.unpack_from(data, self.pos), strict=True))
+                self.pos += layout.size
+                for name in chars:
+                    fields[name] = chr(fields[name])
+            if custom:
                 annotations.extend(self._read_annotation())
-        return _simplify(desc.name, fields, annotations, self, start)
-
-    def _field_value(self, code: str) -> Any:
-        if code in ("L", "["):
-            return self.read_object()
-        value = self._unpack(_PRIMITIVES[code])
-        if code == "Z":
-            return value != 0
-        if code == "C":
-            return chr(value)
-        return value
+        if desc.name in _SIMPLE_NAMES:
+            return _simplify(desc.name, fields, annotations, self, start)
+        return JavaObject(desc.name, fields, annotations)
 
     def _new_array(self, start: int) -> Any:
         desc = self._class_desc()
