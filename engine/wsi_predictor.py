@@ -227,13 +227,24 @@ class WsiSamPredictor:
         chosen = self._pick_field(slide, prompt)
         return (self._slide_key(slide), chosen.key) in self._cache
 
-    def field_at(self, slide: Slide, x: float, y: float) -> Field:
-        """The field a point prompt at level-0 (x, y) would use, at the working magnification.
+    def field_at(self, slide: Slide, x: float, y: float, extent: float | None = None) -> Field:
+        """The field a prompt centred on level-0 (x, y) would use: what to pre-encode there.
 
-        What to pre-encode while the user looks at a view centred on (x, y).
+        ``extent``: the expected object size in level-0 pixels (e.g. a fraction of the visible
+        view), which picks the magnification as a box of that size would; None gives the field
+        of a point prompt (the working magnification).
         """
+        x, y = float(x), float(y)
+        if extent is None or extent <= 0:
+            return self._pick_field(
+                slide, _Prompt(box=None, points=np.array([[x, y]]), labels=None)
+            )
+        half = extent / 2
         return self._pick_field(
-            slide, _Prompt(box=None, points=np.array([[float(x), float(y)]]), labels=None)
+            slide,
+            _Prompt(
+                box=np.array([x - half, y - half, x + half, y + half]), points=None, labels=None
+            ),
         )
 
     def preencode(self, slide: Slide, chosen: Field, part: Literal["hr", "lr"]) -> bool:

@@ -196,7 +196,7 @@ def test_preencoded_view_centre_answers_the_first_prompt_from_the_cache(
     predictor = WsiSamPredictor(model)
     width, height = slide.dimensions
     cx, cy = width / 2, height / 2
-    chosen = predictor.field_at(slide, cx, cy)
+    chosen = predictor.field_at(slide, cx, cy, extent=300)
     before = sum(calls)
     assert predictor.preencode(slide, chosen, "hr")
     assert not predictor.is_field_cached(slide, chosen)
@@ -204,6 +204,8 @@ def test_preencoded_view_centre_answers_the_first_prompt_from_the_cache(
     assert predictor.preencode(slide, chosen, "lr")
     assert not predictor.preencode(slide, chosen, "lr")  # already there: nothing runs
     assert sum(calls) - before == 2
-    result = predictor.segment(slide, box=(cx - 60, cy - 50, cx + 60, cy + 50))
+    result = predictor.segment(slide, box=(cx - 160, cy - 130, cx + 140, cy + 150))
     assert not result.encoded and result.field == chosen
+    clicked = predictor.segment(slide, points=[(cx + 20, cy - 10)])
+    assert not clicked.encoded and clicked.field == chosen
     assert sum(calls) - before == 2
