@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from app.commands.engine_options import add_engine_arguments, engine_kwargs
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -357,6 +359,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("eval_results"), help="output folder (eval_results)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -378,7 +381,8 @@ def run(args: argparse.Namespace) -> int:
         if "sam" in models or "wsi-sam" in models:
             from engine.wsi_sam import load_wsi_sam
 
-            wsi = load_wsi_sam(heads=args.heads, device=args.device, checkpoint=args.checkpoint)
+            wsi = load_wsi_sam(heads=args.heads, checkpoint=args.checkpoint, **engine_kwargs(args))
+            print(f"image encoder: {wsi.sam.backend_label}")
         if "medsam" in models:
             from engine.medsam import load_lite_medsam
 

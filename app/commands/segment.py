@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from app.commands.engine_options import add_engine_arguments, engine_kwargs
+
 
 def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
     try:
@@ -64,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--class", dest="class_name", help="classification of the annotation")
     parser.add_argument("--name", help="name of the annotation")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--out", required=True, help="output .geojson file")
+    add_engine_arguments(parser, device=True)
     parser.set_defaults(func=run)
 
 
@@ -86,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             model = engine.load_wsi_sam(
                 heads=args.heads if args.mode == "wsi-sam" else "none",
-                device=args.device,
                 checkpoint=args.checkpoint,
+                **engine_kwargs(args),
             )
         except (engine.WeightsError, RuntimeError) as exc:
             print(f"wsi-sam segment: {exc}", file=sys.stderr)
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"time {done - started:.2f} s (model load {loaded - started:.2f} s, "
-        f"encode {result.timings.get('encode', 0):.2f} s, decode {result.timings['decode']:.2f} s)"
+        f"encode {result.timings.get('encode', 0):.2f} s, decode {result.timings['decode']:.2f} s; "
+        f"{model.sam.backend_label})"
     )
     return 0

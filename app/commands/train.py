@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from app.commands.engine_options import add_engine_arguments, engine_kwargs
 from app.commands.eval import DataError, add_data_arguments, load_samples
 
 
@@ -78,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -115,12 +117,17 @@ def run(args: argparse.Namespace) -> int:
     datasets = sorted({s.dataset for s in samples})
     config.trained_on = ", ".join(datasets)
     print(f"training on {len(samples)} objects from {len({s.source for s in samples})} file(s)")
-    model = load_wsi_sam(
-        heads=args.init_heads or "none",
-        device=args.device,
-        checkpoint=args.checkpoint,
-        aggregation=args.aggregation,
-    )
+    try:
+        model = load_wsi_sam(
+            heads=args.init_heads or "none",
+            checkpoint=args.checkpoint,
+            aggregation=args.aggregation,
+            **engine_kwargs(args),
+        )
+    except RuntimeError as exc:  # WeightsError, HeadsError, BackendError
+        print(f"wsi-sam train: {exc}", file=sys.stderr)
+        return 1
+    print(f"image encoder: {model.sam.backend_label}")
     model.metadata = {
         "image_magnification": args.image_magnification,
         "adaptive": bool(args.adaptive),
