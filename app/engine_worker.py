@@ -8,6 +8,15 @@ prompt still waiting, so a burst of clicks costs one extra segmentation, not one
 Results and errors come back as signals tagged with the request id; the caller ignores ids it no
 longer wants. The worker opens its own handle on each slide, since slide readers are not safe to
 share with the viewer's tile loader.
+
+Pre-encoding has a slot of its own, below prompts: ``request_preencode`` asks for the field around a
+view centre to be encoded ahead of any prompt, one patch (HR, then LR) per step. Before each step
+the worker looks for a waiting prompt first, so a real prompt waits at most for the patch being
+encoded. A newer pre-encode request replaces the old one and ``cancel_preencode`` drops it (the view
+moved): the steps not yet started are never run.
+
+``reload(options)`` loads the model again with another encoder backend or precision; when that
+fails the model already loaded stays in use (``reloadFailed``).
 """
 
 from __future__ import annotations
@@ -21,6 +30,14 @@ from typing import Any, Protocol
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 ProgressFn = Callable[[str, int, int], None]  # (what, step, steps)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the model runs: ``engine.load_wsi_sam``'s ``backend`` and ``precision``."""
+
+    backend: str = "auto"  # "auto" | "torch" | "openvino"
+    precision: str = "auto"  # "auto" | "f32" | "bf16" | "fp16"
 
 
 class Segmenter(Protocol):
@@ -37,6 +54,10 @@ class Segmenter(Protocol):
     ) -> Any: ...
 
 
+PredictorFactory = Callable[[ProgressFn], Segmenter]  # ignores the engine options (tests' fakes)
+OptionsFactory = Callable[[ProgressFn, EngineOptions], Segmenter]
+
+
 @dataclass(frozen=True)
 class SegmentRequest:
     """One prompt in level-0 pixels of ``slide_path``."""
@@ -51,14 +72,34 @@ class SegmentRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_default_predictor(progress: ProgressFn) -> Segmenter:
+@dataclass(frozen=True)
+class PreencodeRequest:
+    """Encode the field a prompt around level-0 (x, y) of about ``extent`` pixels would use.
+
+    ``mode`` "wsi-sam" needs both patches (HR first, then LR); "sam" only the HR one.
+    """
+
+    request_id: int
+    slide_path: str
+    x: float
+    y: float
+    extent: float | None = None
+    mode: str = "wsi-sam"
+
+    def parts(self) -> tuple[str, ...]:
+        return ("hr", "lr") if self.mode == "wsi-sam" else ("hr",)
+
+
+def load_default_predictor(
+    progress: ProgressFn, options: EngineOptions = EngineOptions()
+) -> Segmenter:
     """Load WSI-SAM (weights from the installed weight packages) and wrap it in a predictor."""
     progress("Loading PyTorch", 0, 3)
     import engine
 
     engine.select_device  # noqa: B018 (imports torch now, so the next stage is the weights)
     progress("Loading WSI-SAM weights", 1, 3)
-    model = engine.load_wsi_sam()
+    model = engine.load_wsi_sam(backend=options.backend, precision=options.precision)
     progress("Preparing predictor", 2, 3)
     predictor = engine.WsiSamPredictor(model)
     progress("Model ready", 3, 3)
@@ -71,9 +112,22 @@ def default_slide_opener(path: str) -> Any:
     return engine.open_slide(path)
 
 
+def describe_backend(predictor: Any) -> str:
+    """What runs the encoder, e.g. "OpenVINO CPU bf16"; "" when the predictor does not say."""
+    for owner in (predictor, getattr(predictor, "model", None)):
+        label = getattr(owner, "backend_label", None)
+        if isinstance(label, str):
+            return label
+    sam = getattr(getattr(predictor, "model", None), "sam", None)
+    label = getattr(sam, "backend_label", None)
+    return label if isinstance(label, str) else ""
+
+
 def describe_error(exc: BaseException) -> str:
     """A sentence for the user; the engine's own messages already name what was wrong."""
     name = type(exc).__name__
+    if name == "BackendError":
+        return f"This backend or precision cannot run on this computer: {exc}"
     if name == "PromptError":
         return f"The prompt cannot be segmented: {exc}"
     if name == "SlideError":
@@ -89,45 +143,79 @@ class EngineWorker(QObject):
     """Runs in the engine thread. Do not call its slots directly from the UI thread."""
 
     loadProgress = Signal(str, int, int)
-    loaded = Signal()
+    loaded = Signal(str)  # what runs the encoder (describe_backend)
     loadFailed = Signal(str)
-    busy = Signal(int, str)  # request id, what it is doing ("Encoding field", "Decoding")
+    reloadFailed = Signal(str)  # the model loaded before stays in use
+    busy = Signal(int, str)  # request id, what it is doing ("Encoding field", "Decoding", ...)
     finished = Signal(int, object)  # request id, SegmentResult
     failed = Signal(int, str)  # request id, message for the user
+    preencoded = Signal(int, str, bool)  # request id, "hr" | "lr", whether it encoded anything
 
     def __init__(
         self,
         take_request: Callable[[], SegmentRequest | None],
         mark_done: Callable[[int], None],
-        predictor_factory: Callable[[ProgressFn], Segmenter],
+        predictor_factory: OptionsFactory,
         slide_opener: Callable[[str], Any],
+        take_preencode: Callable[[], tuple[PreencodeRequest, str] | None] = lambda: None,
+        preencode_done: Callable[[PreencodeRequest, str, bool], None] = lambda r, p, a: None,
     ):
         super().__init__()
         self._take_request = take_request
         self._mark_done = mark_done
         self._factory = predictor_factory
         self._open_slide = slide_opener
+        self._take_preencode = take_preencode
+        self._preencode_done = preencode_done
         self._predictor: Segmenter | None = None
         self._slides: dict[str, Any] = {}
+        # the field of the pre-encode request in progress, so its LR step encodes the same one
+        self._preencode_field: tuple[int, Any] | None = None
 
-    @Slot()
-    def load(self) -> None:
+    @Slot(object)
+    def load(self, options: EngineOptions) -> None:
         try:
-            self._predictor = self._factory(self.loadProgress.emit)
+            predictor = self._factory(self.loadProgress.emit, options)
         except Exception as exc:
-            traceback.print_exc()
-            self.loadFailed.emit(describe_error(exc))
+            if type(exc).__name__ != "BackendError":
+                traceback.print_exc()
+            message = describe_error(exc)
+            if self._predictor is not None:
+                self.reloadFailed.emit(message)
+            else:
+                self.loadFailed.emit(message)
+            self.process()  # prompts that waited for the reload run on the model kept
             return
-        self.loaded.emit()
+        self._predictor = predictor  # the previous model (and its field cache) goes
+        self._preencode_field = None
+        self.loaded.emit(describe_backend(predictor))
         self.process()  # prompts that arrived while the model was loading
 
     @Slot()
     def process(self) -> None:
+        """Run what is waiting: every prompt before any pre-encode step, one step at a time."""
         if self._predictor is None:
             return  # load() calls back here when the model is ready
-        request = self._take_request()
-        if request is None:
-            return
+        while True:
+            request = self._take_request()
+            if request is not None:
+                self._segment(request)
+                continue
+            step = self._take_preencode()
+            if step is None:
+                return
+            self._preencode(*step)
+
+    @Slot()
+    def clear_cache(self) -> None:
+        """Forget every encoded field (the next prompt anywhere encodes again)."""
+        clear = getattr(self._predictor, "clear_cache", None)
+        if callable(clear):
+            clear()
+        self._preencode_field = None
+
+    def _segment(self, request: SegmentRequest) -> None:
+        assert self._predictor is not None
         try:
             slide = self._slide(request.slide_path)
             box = request.box
@@ -154,6 +242,29 @@ class EngineWorker(QObject):
             return
         self._mark_done(request.request_id)
         self.finished.emit(request.request_id, result)
+
+    def _preencode(self, request: PreencodeRequest, part: str) -> None:
+        """One pre-encode step; a predictor without ``preencode`` (a fake) has nothing to do."""
+        predictor: Any = self._predictor
+        encoded = False
+        complete = True
+        if all(hasattr(predictor, name) for name in ("field_at", "preencode", "is_field_cached")):
+            try:
+                slide = self._slide(request.slide_path)
+                if self._preencode_field is None or self._preencode_field[0] != request.request_id:
+                    chosen = predictor.field_at(slide, request.x, request.y, extent=request.extent)
+                    self._preencode_field = (request.request_id, chosen)
+                chosen = self._preencode_field[1]
+                need_lr = "lr" in request.parts()
+                if not predictor.is_field_cached(slide, chosen, need_lr=need_lr):
+                    self.busy.emit(request.request_id, "Pre-encoding view")
+                    encoded = bool(predictor.preencode(slide, chosen, part))
+                complete = predictor.is_field_cached(slide, chosen, need_lr=need_lr)
+            except Exception:
+                # a background nicety: the prompt itself will encode (and report any error)
+                traceback.print_exc()
+        self._preencode_done(request, part, complete)
+        self.preencoded.emit(request.request_id, part, encoded)
 
     @Slot(str)
     def forget_slide(self, path: str) -> None:
@@ -183,53 +294,85 @@ def _opt_array(values: list[Any] | None) -> Any:
 
 
 class EngineClient(QObject):
-    """UI-thread handle on the engine thread."""
+    """UI-thread handle on the engine thread.
+
+    Args:
+        predictor_factory: builds the segmenter in the engine thread and ignores the engine
+            options (tests' fakes); ``options_factory`` is given them too. With neither, the
+            real WSI-SAM is loaded with ``options``.
+        options: the encoder backend and precision of the first load.
+    """
 
     # worker-side signals, forwarded
     loadProgress = Signal(str, int, int)
     loaded = Signal()
     loadFailed = Signal(str)
+    reloadFailed = Signal(str)  # a reload failed; the model loaded before stays in use
     busy = Signal(int, str)
     finished = Signal(int, object)
     failed = Signal(int, str)
+    preencoded = Signal(int, str, bool)  # request id, "hr" | "lr", whether it encoded anything
     idle = Signal()  # nothing running, nothing waiting
 
     # to the worker (queued across threads)
     _wake = Signal()
-    _load = Signal()
+    _load = Signal(object)
     _forget = Signal(str)
+    _clear = Signal()
 
     def __init__(
         self,
-        predictor_factory: Callable[[ProgressFn], Segmenter] | None = None,
+        predictor_factory: PredictorFactory | None = None,
         slide_opener: Callable[[str], Any] | None = None,
         parent: QObject | None = None,
+        *,
+        options: EngineOptions | None = None,
+        options_factory: OptionsFactory | None = None,
     ):
         super().__init__(parent)
         self._lock = threading.Lock()
         self._pending: SegmentRequest | None = None
+        self._preencode: PreencodeRequest | None = None
+        self._preencode_parts: list[str] = []  # steps of self._preencode not yet run
+        self._preencode_running: int | None = None
         self._next_id = 0
         self._running_id: int | None = None
         self._state = "not started"  # "loading" | "ready" | "failed"
+        self._options = options or EngineOptions()
+        self._loaded_options: EngineOptions | None = None
+        self._backend_label = ""
+        factory: OptionsFactory
+        if options_factory is not None:
+            factory = options_factory
+        elif predictor_factory is not None:
+            plain = predictor_factory
+            factory = lambda progress, _options: plain(progress)  # noqa: E731
+        else:
+            factory = load_default_predictor
         self._thread = QThread()
         self._thread.setObjectName("wsi-sam-engine")
         self._worker = EngineWorker(
             self._take_request,
             self._mark_done,
-            predictor_factory or load_default_predictor,
+            factory,
             slide_opener or default_slide_opener,
+            self._take_preencode_step,
+            self._preencode_step_done,
         )
         self._worker.moveToThread(self._thread)
         self._thread.finished.connect(self._worker.deleteLater)
         self._wake.connect(self._worker.process)
         self._load.connect(self._worker.load)
         self._forget.connect(self._worker.forget_slide)
+        self._clear.connect(self._worker.clear_cache)
         self._worker.loadProgress.connect(self.loadProgress)
         self._worker.loaded.connect(self._on_loaded)
         self._worker.loadFailed.connect(self._on_load_failed)
+        self._worker.reloadFailed.connect(self._on_reload_failed)
         self._worker.busy.connect(self._on_busy)
         self._worker.finished.connect(self._on_finished)
         self._worker.failed.connect(self._on_failed)
+        self._worker.preencoded.connect(self._on_preencoded)
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,7 +381,7 @@ class EngineClient(QObject):
             return
         self._state = "loading"
         self._thread.start()
-        self._load.emit()
+        self._load.emit(self._options)
 
     def state(self) -> str:
         return self._state
@@ -246,9 +389,34 @@ class EngineClient(QObject):
     def is_ready(self) -> bool:
         return self._state == "ready"
 
+    def options(self) -> EngineOptions:
+        """The options asked for last (loading, loaded, or to be used by ``start``)."""
+        return self._options
+
+    def loaded_options(self) -> EngineOptions | None:
+        """The options of the model in use; None before one has loaded."""
+        return self._loaded_options
+
+    def backend_label(self) -> str:
+        """What runs the encoder of the model in use (e.g. "OpenVINO CPU bf16"), or ""."""
+        return self._backend_label
+
+    def reload(self, options: EngineOptions) -> None:
+        """Load the model again with ``options`` (before ``start``: just remember them)."""
+        self._options = options
+        if self._state == "not started":
+            return
+        self._state = "loading"  # prompts wait for the new model (or the old one, if it fails)
+        self._load.emit(options)
+
+    def clear_cache(self) -> None:
+        """Forget the encoded fields, e.g. to measure a prompt on a cold field."""
+        self._clear.emit()
+
     def shutdown(self, wait_ms: int = 60_000) -> None:
         with self._lock:
             self._pending = None
+            self._preencode = None
         if self._thread.isRunning():
             self._thread.quit()
             self._thread.wait(wait_ms)
@@ -270,11 +438,37 @@ class EngineClient(QObject):
             self._pending = None
 
     def is_busy(self) -> bool:
+        """Whether anything runs or waits: a prompt or a pre-encode step."""
         with self._lock:
-            return self._running_id is not None or self._pending is not None
+            return (
+                self._running_id is not None
+                or self._pending is not None
+                or self._preencode is not None
+                or self._preencode_running is not None
+            )
 
     def forget_slide(self, path: str) -> None:
         self._forget.emit(path)
+
+    # -- pre-encoding ----------------------------------------------------------------------
+    def request_preencode(self, request: PreencodeRequest) -> int:
+        """Encode ``request``'s field when no prompt waits; replaces an earlier pre-encode."""
+        with self._lock:
+            self._preencode = request
+            self._preencode_parts = list(request.parts())
+        self._wake.emit()
+        return request.request_id
+
+    def cancel_preencode(self) -> None:
+        """Drop the pre-encode request (its view is stale); a patch being encoded finishes."""
+        with self._lock:
+            self._preencode = None
+            self._preencode_parts = []
+
+    def preencode_request(self) -> PreencodeRequest | None:
+        """The pre-encode request that still has steps to run (or runs one now)."""
+        with self._lock:
+            return self._preencode
 
     def _take_request(self) -> SegmentRequest | None:
         # called in the worker thread
@@ -283,16 +477,44 @@ class EngineClient(QObject):
             self._running_id = request.request_id if request is not None else None
             return request
 
+    def _take_preencode_step(self) -> tuple[PreencodeRequest, str] | None:
+        # called in the worker thread, after it found no prompt waiting
+        with self._lock:
+            if self._pending is not None or self._preencode is None or not self._preencode_parts:
+                return None
+            self._preencode_running = self._preencode.request_id
+            return self._preencode, self._preencode_parts[0]
+
+    def _preencode_step_done(self, request: PreencodeRequest, part: str, complete: bool) -> None:
+        # called in the worker thread; a request replaced or cancelled meanwhile stays dropped
+        with self._lock:
+            self._preencode_running = None
+            if self._preencode is not request:
+                return
+            if part in self._preencode_parts:
+                self._preencode_parts.remove(part)
+            if complete or not self._preencode_parts:
+                self._preencode = None
+                self._preencode_parts = []
+
     # -- from the worker -------------------------------------------------------------------
-    def _on_loaded(self) -> None:
+    def _on_loaded(self, backend_label: str) -> None:
         self._state = "ready"
+        self._backend_label = backend_label
+        self._loaded_options = self._options
         self.loaded.emit()
-        if not self.is_busy():
-            self.idle.emit()
+        self._maybe_idle()
 
     def _on_load_failed(self, message: str) -> None:
         self._state = "failed"
         self.loadFailed.emit(message)
+
+    def _on_reload_failed(self, message: str) -> None:
+        self._state = "ready"
+        if self._loaded_options is not None:
+            self._options = self._loaded_options
+        self.reloadFailed.emit(message)
+        self._maybe_idle()
 
     def _on_busy(self, request_id: int, what: str) -> None:
         self.busy.emit(request_id, what)
@@ -305,6 +527,10 @@ class EngineClient(QObject):
         self.failed.emit(request_id, message)
         self._maybe_idle()
 
+    def _on_preencoded(self, request_id: int, part: str, encoded: bool) -> None:
+        self.preencoded.emit(request_id, part, encoded)
+        self._maybe_idle()
+
     def _mark_done(self, request_id: int) -> None:
         # called in the worker thread, before it reports the result
         with self._lock:
@@ -312,5 +538,5 @@ class EngineClient(QObject):
                 self._running_id = None
 
     def _maybe_idle(self) -> None:
-        if not self.is_busy():
+        if self.is_ready() and not self.is_busy():
             self.idle.emit()

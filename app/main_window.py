@@ -33,9 +33,11 @@ from PySide6.QtWidgets import (
     QToolBar,
 )
 
+from app.controllers.engine_status import EngineController
+from app.controllers.preencode import PreencodeController
 from app.controllers.project_objects import ProjectObjectsController
 from app.dialogs import Prompter
-from app.engine_worker import EngineClient, ProgressFn, Segmenter
+from app.engine_worker import EngineClient, OptionsFactory, ProgressFn, Segmenter
 from app.session.annotations import AnnotationStore
 from app.session.classes import ClassEntry, ClassList, default_classes
 from app.session.docks import AnnotationDock, ClassDock, ProjectDock, color_icon
@@ -80,6 +82,8 @@ class MainWindow(QMainWindow):
             tests pass a fast fake with the same ``segment`` signature.
         prompter: the dialogs; tests pass an object that answers programmatically.
         start_engine: load the model at once (in the background).
+        options_factory: like ``predictor_factory``, and also given the engine options (backend,
+            precision) chosen in the Model menu.
     """
 
     slideOpened = Signal(str)
@@ -92,6 +96,7 @@ class MainWindow(QMainWindow):
         prompter: Any = None,
         start_engine: bool = True,
         slide_opener: Callable[[str], Any] | None = None,
+        options_factory: OptionsFactory | None = None,
     ):
         super().__init__()
         from app.viewer.slide_view import SlideView
@@ -124,7 +129,7 @@ class MainWindow(QMainWindow):
         self.view = SlideView(self)
         self.view.setObjectName("slideView")
         self.setCentralWidget(self.view)
-        self.engine = EngineClient(predictor_factory, parent=self)
+        self.engine = EngineClient(predictor_factory, parent=self, options_factory=options_factory)
         self.prompts = PromptController(self.view, self.engine, self)
         self.overlay = AnnotationOverlay(self.view, self.store, self.classes)
         self.project_objects = ProjectObjectsController(self)  # detection layer, Locate...
@@ -141,6 +146,8 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus_and_toolbar()
         self._connect()
+        self.engine_status = EngineController(self)  # Model menu, engine texts in the status bar
+        self.preencode = PreencodeController(self)  # encodes the view centre before a prompt
         self.set_tool("box")
         self._update_title()
         self._update_zoom_label()
@@ -339,12 +346,6 @@ class MainWindow(QMainWindow):
         self.mode_combo.currentIndexChanged.connect(
             lambda _i: self.prompts.set_mode(self.mode_combo.currentData())
         )
-
-        self.engine.loadProgress.connect(self._on_load_progress)
-        self.engine.loaded.connect(self._on_engine_loaded)
-        self.engine.loadFailed.connect(self._on_engine_failed)
-        self.engine.busy.connect(self._on_engine_busy)
-        self.engine.idle.connect(self._on_engine_idle)
 
         dock = self.annotation_dock
         dock.selectionChangedIds.connect(self._on_annotation_selection)
@@ -819,33 +820,6 @@ class MainWindow(QMainWindow):
         color = self.prompter.ask_color(self.classes[index].color)
         if color is not None:
             self.classes.recolor(index, color)
-
-    # ======================================================================================
-    # engine status
-    def _on_load_progress(self, what: str, step: int, steps: int) -> None:
-        self.engine_label.setText(f"{what}…" if step < steps else what)
-        self.engine_progress.setRange(0, max(1, steps))
-        self.engine_progress.setValue(step)
-        self.engine_progress.show()
-
-    def _on_engine_loaded(self) -> None:
-        self.engine_label.setText("Engine: idle")
-        self.engine_progress.hide()
-
-    def _on_engine_failed(self, message: str) -> None:
-        self.engine_label.setText("Engine: unavailable")
-        self.engine_progress.hide()
-        self.prompter.error("The segmentation model could not be loaded", message)
-
-    def _on_engine_busy(self, _request_id: int, what: str) -> None:
-        self.engine_label.setText(f"Engine: {what.lower()}…")
-        self.engine_progress.setRange(0, 0)  # indeterminate: a busy indicator
-        self.engine_progress.show()
-
-    def _on_engine_idle(self) -> None:
-        if self.engine.is_ready():
-            self.engine_label.setText("Engine: idle")
-            self.engine_progress.hide()
 
     # ======================================================================================
     # status bar

@@ -1,4 +1,4 @@
-"""Per-user settings: recent files and the user's class list (``QSettings``).
+"""Per-user settings: recent files, the user's class list, the model's backend (``QSettings``).
 
 With ``WSI_SAM_DATA_DIR`` set (tests, portable installs) the settings live in an ini file there.
 """
@@ -65,4 +65,19 @@ def saved_classes() -> list[ClassEntry] | None:
 def save_classes(classes: list[ClassEntry]) -> None:
     settings = app_settings()
     settings.setValue("classes", json.dumps([[c.name, list(c.color)] for c in classes]))
+    settings.sync()
+
+
+def engine_preference() -> tuple[str, str]:
+    """(backend, precision) the user chose for the model; ("auto", "auto") until then."""
+    settings = app_settings()
+    backend = str(settings.value("engine/backend", "auto") or "auto")
+    precision = str(settings.value("engine/precision", "auto") or "auto")
+    return backend, precision
+
+
+def save_engine_preference(backend: str, precision: str) -> None:
+    settings = app_settings()
+    settings.setValue("engine/backend", backend)
+    settings.setValue("engine/precision", precision)
     settings.sync()
