@@ -77,9 +77,16 @@ class _CachedField:
     field: Field
     hr: PatchFeatures | None = None
     lr: PatchFeatures | None = None
+    # the HR head's prompt-independent fused features (WsiSam.hr_static_features), and the
+    # heads version they were computed with
+    hr_static: torch.Tensor | None = None
+    hr_static_version: int = -1
 
     def nbytes(self) -> int:
-        return sum(f.nbytes() for f in (self.hr, self.lr) if f is not None)
+        total = sum(f.nbytes() for f in (self.hr, self.lr) if f is not None)
+        if self.hr_static is not None:
+            total += self.hr_static.numel() * self.hr_static.element_size()
+        return total
 
 
 @dataclass
@@ -343,12 +350,19 @@ class WsiSamPredictor:
         device = self.model.device
         assert entry.hr is not None
         hr = entry.hr.to(device)
-        if mode == "wsi-sam":
-            assert entry.lr is not None
-            out = self.model(hr, entry.lr.to(device), prompts, multimask_output=multimask)
-            logits, iou = out.hr_logits, out.iou_predictions
-        else:
-            logits, iou = self.model.sam_forward(hr, prompts, multimask_output=multimask)
+        with self.model.sam.decoder_autocast():
+            if mode == "wsi-sam":
+                assert entry.lr is not None
+                logits, iou = self.model.predict_hr(
+                    hr,
+                    entry.lr.to(device),
+                    prompts,
+                    multimask_output=multimask,
+                    hr_static=self._hr_static(entry, hr),
+                )
+            else:
+                logits, iou = self.model.sam_forward(hr, prompts, multimask_output=multimask)
+        logits, iou = logits.float(), iou.float()
         masks = (postprocess_logits(logits)[0] > 0).cpu().numpy()  # (C, 1024, 1024)
         scores = iou[0].float().cpu().numpy()
         timings["decode"] = time.perf_counter() - t0
@@ -373,6 +387,15 @@ class WsiSamPredictor:
             encoded=encoded,
             timings=timings,
         )
+
+    def _hr_static(self, entry: _CachedField, hr: PatchFeatures) -> torch.Tensor:
+        """The field's cached HR static features, computed on first use for these heads."""
+        version = self.model.heads_version
+        if entry.hr_static is None or entry.hr_static_version != version:
+            entry.hr_static = self.model.hr_static_features(hr)
+            entry.hr_static_version = version
+            self._evict()
+        return entry.hr_static
 
     @staticmethod
     def _patch_prompts(chosen: Field, prompt: _Prompt) -> Prompts:

@@ -209,3 +209,27 @@ def test_preencoded_view_centre_answers_the_first_prompt_from_the_cache(
     clicked = predictor.segment(slide, points=[(cx + 20, cy - 10)])
     assert not clicked.encoded and clicked.field == chosen
     assert sum(calls) - before == 2
+
+
+def test_static_head_features_are_cached_per_field_and_heads(
+    counted_model: tuple[WsiSam, list[int]], slide: Slide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = counted_model
+    predictor = WsiSamPredictor(model)
+    computed: list[int] = []
+    original = model.hr_static_features
+
+    def counting(hr):  # type: ignore[no-untyped-def]
+        computed.append(1)
+        return original(hr)
+
+    monkeypatch.setattr(model, "hr_static_features", counting)
+    first = predictor.segment(slide, box=BOX, mode="wsi-sam")
+    again = predictor.segment(slide, box=BOX, mode="wsi-sam")
+    assert len(computed) == 1 and not again.encoded
+    assert np.array_equal(first.mask, again.mask)
+    predictor.segment(slide, box=BOX, mode="sam")  # plain SAM needs no head features
+    assert len(computed) == 1
+    monkeypatch.setattr(model, "heads_version", model.heads_version + 1)  # new heads loaded
+    predictor.segment(slide, box=BOX, mode="wsi-sam")
+    assert len(computed) == 2

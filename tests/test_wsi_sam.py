@@ -73,6 +73,44 @@ def test_fresh_heads_equal_sam(
     torch.testing.assert_close(out.iou_predictions, sam_iou)
     # and it is a real segmentation, not an empty map
     assert (sam_logits > 0).float().mean() > 0.001
+    # the inference path keeps the property
+    with torch.no_grad():
+        fast_logits, fast_iou = fresh_wsi_sam.predict_hr(hr, lr, prompts, multimask)
+    torch.testing.assert_close(fast_logits, sam_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_iou, sam_iou)
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_inference_path_equals_forward_with_trained_heads(
+    fresh_wsi_sam: WsiSam, field_features: tuple[PatchFeatures, PatchFeatures], multimask: bool
+) -> None:
+    """predict_hr (batched HR/LR token runs, cached static features) = forward's HR output."""
+    hr, lr = field_features
+    model = copy.deepcopy(fresh_wsi_sam)
+    torch.manual_seed(2)
+    for p in model.trainable_parameters():
+        p.data.normal_(0, 0.02)
+    # three prompts in one batch over one field: box, box + points, points with a coarse mask
+    prompts = Prompts(
+        boxes=torch.tensor(
+            [[400.0, 420.0, 640.0, 600.0], [300, 300, 700, 650], [100, 90, 900, 980]]
+        ),
+        points=torch.tensor(
+            [[[512.0, 512.0], [450, 470]], [[500, 480], [310, 320]], [[520, 500], [600, 610]]]
+        ),
+        labels=torch.tensor([[1, 1], [1, 0], [1, 1]]),
+        masks=torch.randn(3, 1, 256, 256),
+    )
+    with torch.no_grad():
+        out = model(hr, lr, prompts, multimask_output=multimask)
+        static = model.hr_static_features(hr)
+        fast, fast_iou = model.predict_hr(hr, lr, prompts, multimask, hr_static=static)
+        uncached, _ = model.predict_hr(hr, lr, prompts, multimask)
+    assert not torch.allclose(out.hr_logits, out.sam_hr_logits, atol=1e-3)
+    assert tuple(fast.shape) == (3, 3 if multimask else 1, 256, 256)
+    torch.testing.assert_close(fast, out.hr_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(uncached, fast)
+    torch.testing.assert_close(fast_iou, out.iou_predictions)
 
 
 def test_trained_heads_change_the_output_and_aggregation_matters(

@@ -182,6 +182,11 @@ class OpenVinoImageEncoder:
         logger.debug("OpenVINO encoder compiled in %.2f s", self.compile_seconds)
         self._local = threading.local()
 
+    def __deepcopy__(self, memo: dict[int, object]) -> OpenVinoImageEncoder:
+        # A compiled model is immutable and cannot be pickled: copies of a model (e.g. a trainer's
+        # snapshot of WSI-SAM) share it.
+        return self
+
     def _request(self):  # type: ignore[no-untyped-def]
         request = getattr(self._local, "request", None)
         if request is None:

@@ -104,41 +104,29 @@ class MaskDecoder(nn.Module):
           image_pe: (1 or B, 256, 64, 64).
           sparse_prompt_embeddings: (B, N, 256).
           dense_prompt_embeddings: (1 or B, 256, 64, 64).
-          extra_tokens: (T, 256) learned tokens placed after the mask tokens, or None.
+          extra_tokens: (T, 256) learned tokens placed after the mask tokens (or (B, T, 256),
+            one set per batch item), or None.
 
         Returns:
           masks (B, 4, 256, 256) logits for all mask tokens, iou_pred (B, 4), the transformer
           outputs of the extra tokens (B, T, 256) or None, and the upscaled image features
           (B, 32, 256, 256) that the mask tokens are dotted with.
         """
-        batch = sparse_prompt_embeddings.shape[0]
-        output_tokens = [self.iou_token.weight, self.mask_tokens.weight]
-        n_extra = 0
-        if extra_tokens is not None:
-            if extra_tokens.ndim != 2 or extra_tokens.shape[1] != self.transformer_dim:
-                raise ValueError(
-                    f"extra_tokens must be (T, {self.transformer_dim}), "
-                    f"got {tuple(extra_tokens.shape)}"
-                )
-            output_tokens.append(extra_tokens)
-            n_extra = extra_tokens.shape[0]
-        fixed = torch.cat(output_tokens, dim=0).unsqueeze(0).expand(batch, -1, -1)
-        tokens = torch.cat([fixed, sparse_prompt_embeddings.to(fixed.dtype)], dim=1)
-
-        src = _expand_batch(image_embeddings, batch, "image_embeddings")
-        src = src + dense_prompt_embeddings
-        pos_src = _expand_batch(image_pe, batch, "image_pe")
-        b, c, h, w = src.shape
-
-        hs, src_tokens = self.transformer(src, pos_src, tokens)
+        hs, src = self.run_transformer(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            extra_tokens,
+        )
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         extra_out = None
-        if n_extra:
+        if extra_tokens is not None:
             start = 1 + self.num_mask_tokens
-            extra_out = hs[:, start : start + n_extra, :]
+            extra_out = hs[:, start : start + extra_tokens.shape[-2], :]
 
-        upscaled = self.output_upscaling(src_tokens.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.upscale(src)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
@@ -147,6 +135,52 @@ class MaskDecoder(nn.Module):
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred, extra_out, upscaled
+
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        extra_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer over the output, extra and prompt tokens and the image.
+
+        Arguments as :meth:`predict_masks`; ``extra_tokens`` may also be (B, T, 256), one set of
+        extra tokens per batch item (e.g. the HR head's token for some items, the LR head's for
+        others, so that both heads run in one batch).
+
+        Returns:
+          the updated tokens (B, 1 + 4 + T + N, 256) (iou token, mask tokens, extra tokens,
+          prompt tokens) and the updated image features (B, 256, 64, 64).
+        """
+        batch = sparse_prompt_embeddings.shape[0]
+        fixed = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        fixed = fixed.unsqueeze(0).expand(batch, -1, -1)
+        if extra_tokens is not None:
+            if extra_tokens.shape[-1] != self.transformer_dim or extra_tokens.ndim not in (2, 3):
+                raise ValueError(
+                    f"extra_tokens must be (T, {self.transformer_dim}) or "
+                    f"(B, T, {self.transformer_dim}), got {tuple(extra_tokens.shape)}"
+                )
+            if extra_tokens.ndim == 2:
+                extra = extra_tokens.unsqueeze(0).expand(batch, -1, -1)
+            else:
+                extra = _expand_batch(extra_tokens, batch, "extra_tokens")
+            fixed = torch.cat([fixed, extra.to(fixed.dtype)], dim=1)
+        tokens = torch.cat([fixed, sparse_prompt_embeddings.to(fixed.dtype)], dim=1)
+
+        src = _expand_batch(image_embeddings, batch, "image_embeddings")
+        src = src + dense_prompt_embeddings
+        pos_src = _expand_batch(image_pe, batch, "image_pe")
+        b, c, h, w = src.shape
+        hs, src_tokens = self.transformer(src, pos_src, tokens)
+        return hs, src_tokens.transpose(1, 2).reshape(b, c, h, w)
+
+    def upscale(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 64, 64) transformer image features -> (B, 32, 256, 256) mask features."""
+        upscaled: torch.Tensor = self.output_upscaling(image_features)
+        return upscaled
 
 
 def _expand_batch(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
