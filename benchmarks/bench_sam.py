@@ -1,5 +1,9 @@
 """Encoder and decoder latency of our SAM port next to the original MobileSAM, in one process.
 
+Encoders timed, interleaved run by run: the reference MobileSAM, ours in torch eager f32, ours on
+OpenVINO in f32 and in bf16 (the CPU backends; bf16 only where the CPU has it natively), or on a
+CUDA GPU ours in torch bf16 and fp16. Ratios are to the reference's median / minimum.
+
 Runs in the separate reference environment (the original needs timm and torchvision)::
 
     benchmarks/setup_reference_env.sh
@@ -22,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args(argv)
 
+    from engine.backends import cpu_supports_bf16
     from engine.device import select_device
     from engine.predictor import SamPredictor
     from engine.weights import default_checkpoint_path, load_sam
@@ -90,8 +96,23 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     checkpoint = default_checkpoint_path()
-    ours = load_sam(checkpoint, device=device)
+    ours = load_sam(checkpoint, device=device, backend="torch", precision="f32")
     reference = _load_reference(checkpoint, device)
+    # our OpenVINO encoders run on the CPU only
+    variants: dict[str, Any] = {}
+    if device.type == "cpu":
+        variants["openvino f32"] = load_sam(
+            checkpoint, device="cpu", backend="openvino", precision="f32"
+        )
+        if cpu_supports_bf16():
+            variants["openvino bf16"] = load_sam(
+                checkpoint, device="cpu", backend="openvino", precision="bf16"
+            )
+    elif device.type == "cuda":
+        for precision in ("bf16", "fp16"):
+            variants[f"torch {precision}"] = load_sam(
+                checkpoint, device=device, backend="torch", precision=precision
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from mobile_sam import SamPredictor as ReferencePredictor
@@ -100,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_pred = SamPredictor(ours)
     ref_pred = ReferencePredictor(reference)
 
-    # the same preprocessed input for both encoders
+    # the same preprocessed input for every encoder
     resized = ours_pred.transform.apply_image(image)
     x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float().to(device)
     x = ours.preprocess(x)
@@ -109,25 +130,25 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device} | torch {torch.__version__} | CPU threads {torch.get_num_threads()} | "
         f"image {args.image.name} {image.shape[1]}x{image.shape[0]}"
     )
+    encoders: dict[str, Callable[[], object]] = {
+        "reference": lambda: reference.image_encoder(x),
+        "ours torch f32": lambda: ours.image_encoder(x),
+    }
+    for name, model in variants.items():
+        encoders[f"ours {name}"] = lambda model=model: model.encode_preprocessed(x)
     with torch.inference_mode():
-        enc = _time_interleaved(
-            {
-                "ours": lambda: ours.image_encoder(x),
-                "reference": lambda: reference.image_encoder(x),
-            },
-            args.runs,
-            args.warmup,
-            device,
-        )
-        emb_ours = ours.image_encoder(x).double().flatten()
+        enc = _time_interleaved(encoders, args.runs, args.warmup, device)
         emb_ref = reference.image_encoder(x).double().flatten()
-        cosine = float(emb_ours @ emb_ref / (emb_ours.norm() * emb_ref.norm()))
+        cosines = {}
+        for name, model in [("torch f32", ours), *variants.items()]:
+            emb = model.encode_preprocessed(x)[0].double().flatten()
+            cosines[name] = float(emb @ emb_ref / (emb.norm() * emb_ref.norm()))
 
     ours_pred.set_image(image)
     ref_pred.set_image(image)
     dec = _time_interleaved(
         {
-            "ours": lambda: ours_pred.predict(box=BOX, multimask_output=False),
+            "ours torch f32": lambda: ours_pred.predict(box=BOX, multimask_output=False),
             "reference": lambda: ref_pred.predict(box=BOX, multimask_output=False),
         },
         args.decoder_runs,
@@ -138,18 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     mask_ref = ref_pred.predict(box=BOX, multimask_output=False)[0][0]
     mask_iou = float((mask_ours & mask_ref).sum() / max((mask_ours | mask_ref).sum(), 1))
 
-    header = ("", "ours median", "ours min", "ref median", "ref min", "ratio med", "ratio min")
-    print("".join(f"{h:>12}" if i else f"{h:10}" for i, h in enumerate(header)))
-    for label, times, runs in (
-        ("encoder", enc, args.runs),
-        ("decoder", dec, args.decoder_runs),
-    ):
-        o_med, o_min = statistics.median(times["ours"]), min(times["ours"])
+    header = ("", "median", "min", "ratio med", "ratio min", "cosine")
+    print(f"{header[0]:28}" + "".join(f"{h:>12}" for h in header[1:]))
+    for part, times, runs in (("encoder", enc, args.runs), ("decoder", dec, args.decoder_runs)):
         r_med, r_min = statistics.median(times["reference"]), min(times["reference"])
-        cells = [f"{t * 1e3:.1f} ms" for t in (o_med, o_min, r_med, r_min)]
-        cells += [f"{o_med / r_med:.3f}", f"{o_min / r_min:.3f}"]
-        print(f"{label:10}" + "".join(f"{c:>12}" for c in cells) + f"   ({runs} runs)")
-    print(f"agreement: embedding cosine {cosine:.7f}, box mask IoU {mask_iou:.5f}")
+        for name, values in times.items():
+            med, low = statistics.median(values), min(values)
+            cosine = cosines.get(name.removeprefix("ours "), 1.0 if name == "reference" else None)
+            cells = [
+                f"{med * 1e3:.1f} ms",
+                f"{low * 1e3:.1f} ms",
+                f"{med / r_med:.3f}",
+                f"{low / r_min:.3f}",
+                "" if cosine is None or part == "decoder" else f"{cosine:.6f}",
+            ]
+            print(
+                f"{part + ' ' + name:28}" + "".join(f"{c:>12}" for c in cells) + f"   ({runs} runs)"
+            )
+    print(f"agreement (torch f32 vs reference): box mask IoU {mask_iou:.5f}")
     return 0
 
 

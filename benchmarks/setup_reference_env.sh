@@ -18,7 +18,7 @@ fi
 # The reference implementation; its declared dependencies are not needed (torch/timm are above).
 "$VENV/bin/pip" install --quiet --no-deps mobilesam-mirror
 # What the benchmark itself and our engine import.
-"$VENV/bin/pip" install --quiet numpy pillow
+"$VENV/bin/pip" install --quiet numpy pillow openvino
 "$VENV/bin/pip" install --quiet -e . --no-deps
 # The checkpoint: the official mobile_sam.pt shipped inside this registry package.
 "$VENV/bin/pip" install --quiet --no-deps -r requirements/weights.txt
