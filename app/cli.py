@@ -38,10 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `wsi-sam` and `wsi-sam SLIDE` both mean `wsi-sam gui [SLIDE]`.
     if not args_list or (args_list[0] not in COMMANDS and not args_list[0].startswith("-")):
         args_list = ["gui", *args_list]
-    args = parser.parse_args(args_list)
+    from app.errors import join_negative_values, run_reporting
+
+    args = parser.parse_args(join_negative_values(args_list))
     if args.self_test:
         from app.selftest import run_self_test
 
         return run_self_test()
-    result: int = args.func(args)
+    # user errors end in one line and exit status 1 (2 for usage); a bug keeps its traceback
+    result: int = run_reporting(f"wsi-sam {args.command}", lambda: args.func(args))
     return result

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.commands.engine_options import add_engine_arguments, engine_kwargs
+from app.errors import check_writable_dir, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument(
         "--magnification",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="working (HR patch) magnification; the LR patch is at half of it (default 10)",
     )
     source.add_argument(
         "--image-magnification",
-        type=float,
+        type=positive_float,
         default=40.0,
         help="level-0 magnification of images without mpp/objective metadata, e.g. 20 for "
         "GlaS (0.62 um/px), 40 for MoNuSeg (0.25 um/px) (default 40)",
@@ -123,7 +124,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="adapt the magnification to each object's size (default: fixed, as in the paper)",
     )
     source.add_argument(
-        "--limit", type=int, default=None, help="use at most N objects (spread over the images)"
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="use at most N objects (spread over the images)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument(
@@ -180,9 +184,46 @@ def pair_images_and_masks(images: Path, masks: Path) -> list[tuple[Path, Path]]:
             f"no image in {images} has a mask of the same stem in {masks} "
             f"(e.g. {image_files[0].stem}.png)"
         )
+    _check_pair_sizes(pairs)
     if unpaired:
         logger.warning("%d image(s) without a mask skipped: %s", len(unpaired), unpaired[:5])
     return pairs
+
+
+def _check_pair_sizes(pairs: list[tuple[Path, Path]]) -> None:
+    """A mask's pixels are its image's: refuse pairs whose sizes differ (they would be scored and
+    trained on as if aligned)."""
+    from engine.validation import image_size
+
+    for image, mask in pairs:
+        image_wh, mask_wh = image_size(image), image_size(mask)
+        if image_wh is not None and mask_wh is not None and image_wh != mask_wh:
+            raise DataError(
+                f"mask {mask} is {mask_wh[0]}x{mask_wh[1]} pixels but its image {image} is "
+                f"{image_wh[0]}x{image_wh[1]}: a mask must have its image's size (is it the "
+                "mask of another image, or resized?)"
+            )
+
+
+def _prompt_settings(text: str) -> str:
+    """``--prompts``: box and/or numbers of points, each at most MAX_PROMPT_POINTS."""
+    from engine.validation import MAX_PROMPT_POINTS
+
+    for item in (t.strip() for t in text.split(",")):
+        if item.lower() == "box":
+            continue
+        try:
+            count = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is neither 'box' nor a number of points (e.g. box,3,5,10)"
+            ) from None
+        if not 1 <= count <= MAX_PROMPT_POINTS:
+            raise argparse.ArgumentTypeError(
+                f"{count} points per object: give 1 to {MAX_PROMPT_POINTS} "
+                "(the paper uses 3, 5 and 10)"
+            )
+    return text
 
 
 def _interleave(per_source: list[list[Any]], limit: int | None) -> list[Any]:
@@ -341,7 +382,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(parser)
     parser.add_argument(
-        "--prompts", default="box,3,5,10", help="prompt settings: box and/or numbers of points"
+        "--prompts",
+        type=_prompt_settings,
+        default="box,3,5,10",
+        help="prompt settings: box and/or numbers of points",
     )
     # The frozen bundle does not carry the LiteMedSAM weights (they serve evaluation only).
     default_models = "sam,wsi-sam" if getattr(sys, "frozen", False) else "sam,wsi-sam,medsam"
@@ -370,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         models = parse_models(args.models)
         prompts = parse_prompts(args.prompts)
+        check_writable_dir(args.out, "--out")  # before the run, not after it
         t0 = time.perf_counter()
         samples = load_samples(args)
     except (DataError, ValueError, OSError) as exc:

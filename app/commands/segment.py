@@ -7,6 +7,7 @@ import sys
 import time
 
 from app.commands.engine_options import add_engine_arguments, engine_kwargs
+from app.errors import UserError, check_writable_file, positive_float
 
 
 def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -18,7 +19,12 @@ def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
         ) from None
     if len(values) not in count:
         raise argparse.ArgumentTypeError(f"{what} needs {' or '.join(map(str, count))} numbers")
-    return values
+    from engine.validation import check_coordinates
+
+    try:
+        return check_coordinates(values, what)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _box(text: str) -> list[float]:
@@ -51,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heads", help="WSI-SAM heads checkpoint (default: the shipped heads)")
     parser.add_argument("--checkpoint", help="MobileSAM checkpoint (default: the packaged one)")
     parser.add_argument(
-        "--magnification", type=float, default=10.0, help="working (HR) magnification"
+        "--magnification", type=positive_float, default=10.0, help="working (HR) magnification"
     )
     parser.add_argument(
         "--fixed-magnification",
@@ -60,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--level0-magnification",
-        type=float,
+        type=positive_float,
         default=40.0,
         help="magnification assumed for level 0 when the file does not say (default 40)",
     )
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     if args.box is None and not args.point:
         print("wsi-sam segment: give --box or at least one --point", file=sys.stderr)
         return 2
+    from engine.validation import MAX_POINTS
+
+    if len(args.point) > MAX_POINTS:
+        raise UserError(f"--point: {len(args.point)} points; at most {MAX_POINTS} per prompt", 2)
+    check_writable_file(args.out, "--out", folder_must_exist=True)
     import engine
     from qupath_bridge import Annotation, PathClass, write_geojson
 
@@ -84,6 +95,13 @@ def run(args: argparse.Namespace) -> int:
     except engine.SlideError as exc:
         print(f"wsi-sam segment: {exc}", file=sys.stderr)
         return 1
+    if slide.magnification is None:
+        print(
+            f"wsi-sam segment: note: {args.slide} does not record its pixel size or "
+            f"magnification; level 0 is taken as {args.level0_magnification:g}x "
+            "(set it with --level0-magnification)",
+            file=sys.stderr,
+        )
     with slide:
         try:
             model = engine.load_wsi_sam(

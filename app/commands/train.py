@@ -14,6 +14,7 @@ from pathlib import Path
 
 from app.commands.engine_options import add_engine_arguments, engine_kwargs
 from app.commands.eval import DataError, add_data_arguments, load_samples
+from app.errors import check_writable_file, finite_float, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,20 +27,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="heads checkpoint to write (.pt)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
-    parser.add_argument("--batch-size", type=int, default=4, help="objects per step (default 4)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=4, help="objects per step (default 4)"
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, default=1e-3, help="AdamW learning rate (1e-3)"
+    )
     parser.add_argument(
         "--lr-drop-epoch",
         type=int,
         default=None,
         help="from this epoch on (1-based) the learning rate is 10x lower (default: constant)",
     )
-    parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    parser.add_argument(
+        "--weight-decay", type=finite_float, default=1e-2, help="AdamW weight decay"
+    )
     parser.add_argument(
         "--lambda",
         dest="lam",
-        type=float,
+        type=finite_float,
         default=0.5,
         help="weight of the HR loss; the LR loss gets 1 - lambda (default 0.5)",
     )
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         state = out.with_name(out.stem + ".state.pt")
         if args.resume and not state.is_file():
             raise DataError(f"--resume: no training state at {state}")
+        check_writable_file(out, "--out")  # before the run, not after it
         samples = load_samples(args)
     except (DataError, ValueError, OSError) as exc:
         print(f"wsi-sam train: {exc}", file=sys.stderr)
