@@ -3,7 +3,8 @@
 Offscreen and without user files, it loads the model, opens the bundled sample slide, segments
 one box in both modes (plain SAM and WSI-SAM), writes the two annotations as QuPath GeoJSON to a
 temporary folder, reads them back and checks them, then builds the main window offscreen (which
-proves the Qt plugins are there). It prints one line and returns 0, or prints the failed step
+proves the Qt plugins are there). It prints one line (which names the image encoder's backend and
+precision, e.g. "encoder OpenVINO CPU bf16") and returns 0, or prints the failed step
 and its reason to stderr and returns 1.
 """
 
@@ -114,6 +115,12 @@ def _check_window() -> str:
     return str(QApplication.platformName())
 
 
+def _encoder_label(model: Any) -> str:
+    """The image encoder's backend and precision, e.g. "OpenVINO CPU bf16"."""
+    sam = getattr(model, "sam", model)
+    return str(getattr(sam, "backend_label", "unknown"))
+
+
 def run_self_test(
     slide_path: str | os.PathLike[str] | None = None,
     *,
@@ -193,6 +200,7 @@ def _run(slide_path: str | os.PathLike[str] | None, *, device: str, window: bool
     parts = [f"{m} {times[m]:.1f} s {areas[m]:.0f} px²" for m in MODES]
     return (
         f"wsi-sam self-test ok: {', '.join(parts)}; model load {loaded - started:.1f} s; "
-        f"GeoJSON {len(back)} annotations ok; {window_text}; device {model_device}; "
+        f"GeoJSON {len(back)} annotations ok; {window_text}; encoder {_encoder_label(model)}; "
+        f"device {model_device}; "
         f"torch {torch.__version__}; {frozen}; total {time.perf_counter() - started:.1f} s"
     )

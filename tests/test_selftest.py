@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,5 @@ def test_self_test_command_passes(tmp_path: Path) -> None:
     for mode in MODES:
         assert f"{mode} " in line
     assert "GeoJSON 2 annotations ok" in line and "window ok" in line
+    # the encoder's backend and precision are named
+    assert re.search(r"; encoder (OpenVINO CPU|torch [A-Z]+) (f32|bf16|fp16);", line), line

@@ -1,0 +1,60 @@
+"""Convert the image encoder to OpenVINO IR for the bundle, at build time.
+
+    python packaging/convert_models.py OUT_DIR [--checkpoint PATH]
+
+writes ``OUT_DIR/<model_key>/encoder.xml`` (+ ``.bin``), where ``<model_key>`` is the engine's own
+key for this checkpoint, this OpenVINO version and the encoder graph's version
+(``engine.backends.openvino_backend.model_key``). The spec copies ``OUT_DIR`` into the bundle as
+``openvino_models/``, the folder ``find_or_convert`` looks in first when the app is frozen
+(``bundled_models_dir()``), so a frozen app never converts. Folders of other keys (an older
+OpenVINO, another checkpoint) are removed; an IR already there for the current key is kept.
+Prints the IR's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
+    """Make ``out_dir`` hold exactly the converted encoder of ``checkpoint``; return its IR."""
+    from engine.backends.openvino_backend import IR_NAME, convert_encoder, model_key
+    from engine.weights import load_sam
+
+    sam = load_sam(checkpoint=checkpoint, device="cpu", backend="torch", precision="f32")
+    key = model_key(sam.checkpoint_info.sha256)
+    target = out_dir / key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for other in out_dir.iterdir():
+        if other.name != key:
+            if other.is_dir():
+                shutil.rmtree(other)
+            else:
+                other.unlink()
+    ir = target / IR_NAME
+    if ir.is_file() and ir.with_suffix(".bin").is_file():
+        return ir
+    if target.exists():  # incomplete: convert again
+        shutil.rmtree(target)
+    return convert_encoder(sam.image_encoder, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "out_dir", type=Path, help="the folder that becomes the bundle's openvino_models/"
+    )
+    parser.add_argument("--checkpoint", help="SAM checkpoint (default: the installed MobileSAM)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    ir = convert_models(args.out_dir, args.checkpoint)
+    print(f"OpenVINO encoder for the bundle: {ir} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
