@@ -28,10 +28,28 @@ _EXPORTS: dict[str, str] = {
     "WsiSamPredictor": "engine.wsi_predictor",
     "SegmentResult": "engine.wsi_predictor",
     "PromptError": "engine.wsi_predictor",
+    "refine": "engine.refine",
+    "refine_many": "engine.refine",
+    "RefineResult": "engine.refine",
+    "RefineCancelledError": "engine.refine",
+    "segment_everything": "engine.everything",
+    "EverythingSettings": "engine.everything",
+    "EverythingResult": "engine.everything",
+    "EverythingCancelledError": "engine.everything",
+    "CleanupSettings": "engine.cleanup",
+    "clean_geometry": "engine.cleanup",
+    "Provenance": "engine.provenance",
 }
 
 __all__ = [
+    "CleanupSettings",
+    "EverythingCancelledError",
+    "EverythingResult",
+    "EverythingSettings",
     "PromptError",
+    "Provenance",
+    "RefineCancelledError",
+    "RefineResult",
     "Sam",
     "SamPredictor",
     "SegmentResult",
@@ -41,18 +59,31 @@ __all__ = [
     "WsiSam",
     "WsiSamPredictor",
     "__version__",
+    "clean_geometry",
     "default_checkpoint_path",
     "load_sam",
     "load_wsi_sam",
     "mask_to_geometry",
     "open_slide",
+    "refine",
+    "refine_many",
+    "segment_everything",
     "select_device",
 ]
 
 if TYPE_CHECKING:
+    from engine.cleanup import CleanupSettings, clean_geometry
     from engine.device import select_device
+    from engine.everything import (
+        EverythingCancelledError,
+        EverythingResult,
+        EverythingSettings,
+        segment_everything,
+    )
     from engine.geometry import mask_to_geometry
     from engine.predictor import SamPredictor
+    from engine.provenance import Provenance
+    from engine.refine import RefineCancelledError, RefineResult, refine, refine_many
     from engine.sam.sam import Sam
     from engine.slides import Slide, SlideError, open_slide
     from engine.weights import WeightsError, default_checkpoint_path, load_sam

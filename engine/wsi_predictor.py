@@ -388,6 +388,54 @@ class WsiSamPredictor:
             timings=timings,
         )
 
+    @torch.inference_mode()
+    def decode_field(
+        self,
+        slide: Slide,
+        chosen: Field,
+        prompts: Prompts,
+        mode: Mode | str = "wsi-sam",
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Decode a batch of B prompts on one given field (encoded once, through the cache).
+
+        The building block of refinement and segment-everything: the caller picks the field
+        and writes the prompts in its HR-patch pixels (``chosen.level0_to_hr``).
+
+        Args:
+            slide: an open slide.
+            chosen: the field (e.g. from :func:`engine.patches.choose_field` or
+                :meth:`field_at`).
+            prompts: B prompts in HR-patch pixels; ``masks`` (B, 1, 256, 256) are mask logits.
+            mode: "wsi-sam" (HR + LR heads) or "sam" (SAM on the HR patch).
+            multimask: SAM's three candidates per prompt (C = 3) instead of one (C = 1).
+        Returns:
+            low-res mask logits (B, C, 256, 256) float32 on the CPU (threshold 0 after
+            :func:`~engine.wsi_sam.postprocess_logits`), predicted IoU (B, C), and whether the
+            field had to be encoded.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        timings: dict[str, float] = {}
+        entry, encoded = self._features(slide, chosen, need_lr=(mode == "wsi-sam"), timings=timings)
+        device = self.model.device
+        assert entry.hr is not None
+        hr = entry.hr.to(device)
+        prompts = prompts.to(device)
+        with self.model.sam.decoder_autocast():
+            if mode == "wsi-sam":
+                assert entry.lr is not None
+                logits, iou = self.model.predict_hr(
+                    hr,
+                    entry.lr.to(device),
+                    prompts,
+                    multimask_output=multimask,
+                    hr_static=self._hr_static(entry, hr),
+                )
+            else:
+                logits, iou = self.model.sam_forward(hr, prompts, multimask_output=multimask)
+        return logits.float().cpu(), iou.float().cpu(), encoded
+
     def _hr_static(self, entry: _CachedField, hr: PatchFeatures) -> torch.Tensor:
         """The field's cached HR static features, computed on first use for these heads."""
         version = self.model.heads_version
