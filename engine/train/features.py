@@ -26,11 +26,19 @@ CACHE_FORMAT = "wsi-sam-features/1"
 
 
 def encoder_fingerprint(model: WsiSam) -> str:
-    """Short hash of a few encoder tensors: different weights -> different cache entries."""
+    """Short hash of a few encoder tensors and the encoder's precision.
+
+    Different weights -> different cache entries; so does a half-precision encoder (bf16 features
+    differ from f32 ones by ~2e-4 in cosine), while torch and OpenVINO in f32 share entries.
+    """
     digest = hashlib.sha256()
     params = list(model.sam.image_encoder.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
         digest.update(p.detach().float().cpu().numpy().tobytes())
+    backend = model.sam.encoder_backend
+    precision = getattr(backend, "precision", "f32") if backend is not None else "f32"
+    if precision != "f32":
+        digest.update(precision.encode())
     return digest.hexdigest()[:16]
 
 

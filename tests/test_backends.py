@@ -1,0 +1,184 @@
+"""Encoder backends: the choice of backend and precision, the OpenVINO model cache, agreement."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backends import (
+    BackendError,
+    autocast,
+    cpu_supports_bf16,
+    openvino_available,
+    resolve_backend,
+)
+from engine.backends import openvino_backend as ovb
+from engine.sam.sam import Sam
+from engine.weights import load_sam
+
+needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
+
+
+def test_auto_picks_openvino_on_a_cpu_and_bf16_where_the_cpu_has_it() -> None:
+    choice = resolve_backend("auto", "auto", "cpu")
+    if openvino_available():
+        assert choice.backend == "openvino"
+        assert choice.precision == ("bf16" if cpu_supports_bf16() else "f32")
+        assert choice.label == f"OpenVINO CPU {choice.precision}"
+    else:
+        assert (choice.backend, choice.precision) == ("torch", "f32")
+    torch_choice = resolve_backend("torch", "auto", "cpu")
+    assert (torch_choice.backend, torch_choice.precision) == ("torch", "f32")
+    assert torch_choice.label == "torch CPU f32"
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "device", "message"),
+    [
+        ("tensorrt", "auto", "cpu", "backend must be one of"),
+        ("torch", "fp8", "cpu", "precision must be one of"),
+        ("torch", "fp16", "cpu", "no fast fp16 on a CPU"),
+        ("openvino", "auto", "meta", "runs on the CPU"),
+    ],
+)
+def test_impossible_choices_are_refused_with_a_reason(
+    backend: str, precision: str, device: str, message: str
+) -> None:
+    with pytest.raises(BackendError, match=message):
+        resolve_backend(backend, precision, device)
+
+
+def test_openvino_missing_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if not installed
+    assert not openvino_available()
+    assert resolve_backend("auto", "auto", "cpu").backend == "torch"
+    with pytest.raises(BackendError, match="pip install openvino"):
+        resolve_backend("openvino", "auto", "cpu")
+
+
+def test_a_gpu_that_is_not_there_is_a_backend_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendError, match="no CUDA GPU"):
+        resolve_backend("auto", "auto", "cuda")
+
+
+def test_autocast_is_a_no_op_in_f32() -> None:
+    x = torch.ones(2, 2)
+    with autocast(torch.device("cpu"), "f32"):
+        assert (x @ x).dtype == torch.float32
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (x @ x).dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def torch_sam() -> Sam:
+    return load_sam(device="cpu", backend="torch")
+
+
+@needs_openvino
+def test_openvino_model_is_converted_once_into_the_cache_keyed_by_checkpoint(
+    torch_sam: Sam, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSI_SAM_CACHE_DIR", str(tmp_path))
+    conversions: list[Path] = []
+    original = ovb.convert_encoder
+
+    def counting(encoder, folder):  # type: ignore[no-untyped-def]
+        conversions.append(folder)
+        return original(encoder, folder)
+
+    monkeypatch.setattr(ovb, "convert_encoder", counting)
+    sha = torch_sam.checkpoint_info.sha256
+    first = ovb.OpenVinoImageEncoder(torch_sam.image_encoder, sha, "f32")
+    second = ovb.OpenVinoImageEncoder(torch_sam.image_encoder, sha, "f32")
+    assert len(conversions) == 1
+    assert (
+        first.ir_path
+        == second.ir_path
+        == tmp_path / "openvino" / ovb.model_key(sha) / "encoder.xml"
+    )
+    assert ovb.model_key(sha).startswith(f"tinyvit-{sha[:16]}-ov")
+    assert first.ir_path.with_suffix(".bin").stat().st_size > 20e6  # float32 weights, not fp16
+    # no temporary folders are left beside the model
+    assert sorted(p.name for p in first.ir_path.parent.parent.iterdir()) == sorted(
+        {ovb.model_key(sha), "compiled"}
+    )
+    # another checkpoint gets its own entry
+    assert ovb.model_key("0" * 64) != ovb.model_key(sha)
+
+    x = torch_sam.preprocess(torch.rand(1, 3, 1024, 1024) * 255)
+    ref_embedding, ref_early = torch_sam.encode_preprocessed(x)
+    embedding, early = second.encode(x)
+    assert embedding.shape == (1, 256, 64, 64) and early.shape == (1, 160, 64, 64)
+    for ours, ref in ((embedding, ref_embedding), (early, ref_early)):
+        cosine = torch.nn.functional.cosine_similarity(ours.flatten(), ref.flatten(), dim=0)
+        assert float(cosine) > 0.99999
+
+
+@needs_openvino
+def test_a_frozen_bundle_uses_its_shipped_model_and_never_converts(
+    torch_sam: Sam, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sha = torch_sam.checkpoint_info.sha256
+    bundle = tmp_path / "bundle"
+    ovb.convert_encoder(torch_sam.image_encoder, bundle / "openvino_models" / ovb.model_key(sha))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "_MEIPASS", str(bundle), raising=False)
+    monkeypatch.setenv("WSI_SAM_CACHE_DIR", str(tmp_path / "user-cache"))
+
+    def no_conversion(*_args: object) -> Path:
+        raise AssertionError("a frozen app must not convert")
+
+    monkeypatch.setattr(ovb, "convert_encoder", no_conversion)
+    found = ovb.find_or_convert(torch_sam.image_encoder, sha)
+    assert found == bundle / "openvino_models" / ovb.model_key(sha) / "encoder.xml"
+    assert not (tmp_path / "user-cache" / "openvino" / ovb.model_key(sha)).exists()
+
+
+@needs_openvino
+def test_an_unwritable_cache_is_a_clear_backend_error(
+    torch_sam: Sam, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("WSI_SAM_CACHE_DIR", str(blocker))
+    with pytest.raises(BackendError, match="WSI_SAM_CACHE_DIR"):
+        ovb.find_or_convert(torch_sam.image_encoder, "1" * 64)
+
+
+@needs_openvino
+def test_feature_cache_keeps_half_precision_features_apart(torch_sam: Sam) -> None:
+    from engine.train.features import encoder_fingerprint
+    from engine.wsi_sam import WsiSam
+
+    f32 = load_sam(device="cpu", backend="openvino", precision="f32")
+    assert encoder_fingerprint(WsiSam(torch_sam)) == encoder_fingerprint(WsiSam(f32))
+    if cpu_supports_bf16():
+        bf16 = load_sam(device="cpu", backend="openvino", precision="bf16")
+        assert encoder_fingerprint(WsiSam(bf16)) != encoder_fingerprint(WsiSam(f32))
+
+
+@needs_openvino
+def test_wsi_sam_masks_agree_across_backends(sample_slide: Path) -> None:
+    """The same box on the sample slide: OpenVINO f32 = torch; bf16 within the bf16 tolerance."""
+    import engine
+
+    def box_mask(backend: str, precision: str) -> np.ndarray:
+        model = engine.load_wsi_sam(device="cpu", backend=backend, precision=precision)
+        with engine.open_slide(sample_slide) as slide:
+            result = engine.WsiSamPredictor(model).segment(slide, box=(900, 1300, 1150, 1520))
+        assert result.mask.any()
+        return result.mask
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a & b).sum() / (a | b).sum())
+
+    reference = box_mask("torch", "f32")
+    assert iou(box_mask("openvino", "f32"), reference) >= 0.98
+    if cpu_supports_bf16():
+        assert iou(box_mask("openvino", "bf16"), reference) >= 0.97
