@@ -14,9 +14,13 @@ keeps them in a memory-bounded cache, so zooming out twice reads the file once.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,6 +51,11 @@ SYNTHETIC_TILE_SIZE = 512
 DEFAULT_CACHE_BYTES = 256 << 20
 # OpenSlide's own reads are cut into pieces of at most this many pixels (bounded temporary memory).
 _MAX_READ_PIXELS = 4096 * 4096
+# Scanner formats: a file with one of these suffixes that OpenSlide cannot read is damaged, and is
+# never read through a plain-image reader (which would lose the scanner's pixel size).
+SCANNER_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+# Aperio-style "key = value" fields of a TIFF ImageDescription.
+_DESCRIPTION_FIELD = re.compile(r"\|\s*(MPP|AppMag)\s*=\s*([0-9.eE+-]+)")
 
 
 class SlideError(Exception):
@@ -90,6 +99,10 @@ class Slide:
       objective_power: the scanner's objective magnification, or None.
       magnification: level-0 magnification: ``10 / mpp_x`` when mpp is known (0.25 um/px is 40x),
         else ``objective_power``, else None.
+      scale_source: where the scale came from: "mpp" (the file's pixel size), "objective" (the
+        objective power only), "description" (read from the TIFF description of a file whose
+        scanner metadata was not recognised), "user" (:meth:`set_scale`), or "unknown" (the
+        callers then assume a magnification and must say so: :meth:`scale_note`).
       properties: the file's metadata (OpenSlide property names for slides).
     """
 
@@ -107,6 +120,10 @@ class Slide:
         self.mpp = backend.mpp
         self.objective_power = backend.objective_power
         self.magnification: float | None
+        self.scale_source = "mpp" if self.mpp is not None else "objective"
+        if self.mpp is None and self.objective_power is None:
+            self.mpp, self.objective_power = _description_scale(self.properties)
+            self.scale_source = "description" if self.mpp or self.objective_power else "unknown"
         if self.mpp is not None:
             self.magnification = 10.0 / self.mpp[0]
         else:
@@ -145,6 +162,38 @@ class Slide:
         return f"<Slide {self.path.name!r} {self.vendor} {w}x{h} levels={self.level_count} {mag}>"
 
     # -- metadata -------------------------------------------------------------------------
+
+    def set_scale(self, mpp: float | None = None, magnification: float | None = None) -> None:
+        """Set the level-0 pixel size (um/px) or magnification by hand (QuPath's "Set pixel
+        size"): for files that do not record it, or record it wrongly."""
+        if mpp is not None:
+            if not (math.isfinite(mpp) and 0 < mpp <= MAX_PLAUSIBLE_MPP):
+                raise ValueError(f"a pixel size must be between 0 and {MAX_PLAUSIBLE_MPP} um")
+            self.mpp = (float(mpp), float(mpp))
+            self.magnification = 10.0 / float(mpp)
+        elif magnification is not None:
+            if not (math.isfinite(magnification) and 0 < magnification <= 1000):
+                raise ValueError("a magnification must be between 0 and 1000")
+            self.mpp = None
+            self.magnification = float(magnification)
+        else:
+            raise ValueError("give a pixel size or a magnification")
+        self.scale_source = "user"
+
+    def scale_note(self, assumed_magnification: float) -> str | None:
+        """A sentence for the user when the scale is not the file's own, else None."""
+        name = self.path.name
+        if self.scale_source == "unknown":
+            return (
+                f"{name} does not record its pixel size or magnification: level 0 is taken as "
+                f"{assumed_magnification:g}x"
+            )
+        if self.scale_source == "description":
+            return (
+                f"{name}: the scanner metadata was not recognised; the scale "
+                f"({self.magnification:g}x) was read from the TIFF description"
+            )
+        return None
 
     @property
     def associated_images(self) -> Mapping[str, RGBImage]:
@@ -328,6 +377,15 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
         if vendor != "generic-tiff":
             # A scanner format OpenSlide recognises but cannot read is corrupt, not a plain image.
             raise SlideError(p, f"corrupt or unsupported {vendor} slide: " + "; ".join(reasons))
+    if p.suffix.lower() in SCANNER_SUFFIXES:
+        # A plain-image reader may still decode its first image, without the scanner's pixel
+        # size: segmenting that at an assumed magnification would be silently wrong.
+        why = "; ".join(reasons) or "OpenSlide does not recognise it as a slide"
+        raise SlideError(
+            p,
+            f"damaged {p.suffix.lower()} slide: {why}. The file may be truncated (an unfinished "
+            "copy or download?): copy it again from the scanner or archive",
+        )
 
     readers: list[tuple[str, Callable[[Path], _Backend]]] = []
     if magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -335,12 +393,28 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
     readers.append(("Pillow", _pillow_backend))
     for name, reader in readers:
         try:
-            return _checked(p, reader(p))
+            with _quiet_readers():
+                return _checked(p, reader(p))
         except SlideError as exc:
             reasons.append(f"{name}: {exc.reason}")
         except Exception as exc:
             reasons.append(f"{name}: {exc}")
     raise SlideError(p, "not a slide or image this program can read (" + "; ".join(reasons) + ")")
+
+
+@contextlib.contextmanager
+def _quiet_readers() -> Any:
+    """Keep the readers' own warnings (tifffile's log, Pillow's UserWarnings) off the user's
+    terminal: when a file cannot be read, the one SlideError says why."""
+    tiff_logger = logging.getLogger("tifffile")
+    level = tiff_logger.level
+    tiff_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tiff_logger.setLevel(level)
 
 
 def _checked(path: Path, backend: _Backend) -> Slide:
@@ -673,6 +747,19 @@ def _plausible_mpp(mpp_x: float | None, mpp_y: float | None) -> tuple[float, flo
     if mpp_x > MAX_PLAUSIBLE_MPP or mpp_y > MAX_PLAUSIBLE_MPP:
         return None
     return (mpp_x, mpp_y)
+
+
+def _description_scale(
+    properties: Mapping[str, str],
+) -> tuple[tuple[float, float] | None, float | None]:
+    """(mpp, objective power) from Aperio-style ``|MPP = 0.499|AppMag = 20`` fields of a TIFF
+    description, for files whose scanner metadata the reader did not recognise."""
+    text = properties.get("tiff.ImageDescription") or ""
+    fields = {key: _float_or_none(value) for key, value in _DESCRIPTION_FIELD.findall(text)}
+    mpp_value = fields.get("MPP")
+    mpp = _plausible_mpp(mpp_value, mpp_value)
+    power = fields.get("AppMag")
+    return mpp, power if power is not None and power > 0 else None
 
 
 def _tiff_mpp(page: Any) -> tuple[float, float] | None:

@@ -88,10 +88,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        reason = (str(exc).splitlines() or [""])[0]
+        from engine.validation import torch_load_reason
+
         raise WeightsError(
             f"checkpoint {path} could not be read as a torch checkpoint (corrupt, truncated or "
-            f"another format?): {type(exc).__name__}: {reason}. Replace the file: {_FIX}"
+            f"another format?): {torch_load_reason(exc)}. Replace the file: {_FIX}"
         ) from exc
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):

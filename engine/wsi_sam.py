@@ -19,6 +19,7 @@ SAM's output.
 from __future__ import annotations
 
 import datetime
+import io
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -29,8 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine._files import atomic_write_bytes
 from engine.sam.common import MLP, LayerNorm2d
 from engine.sam.sam import Sam
+from engine.validation import non_finite_tensors, torch_load_reason
 
 logger = logging.getLogger(__name__)
 
@@ -474,10 +477,12 @@ class WsiSam(nn.Module):
         meta["aggregation"] = self.aggregation
         meta.setdefault("saved", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
         payload = {"format": HEADS_FORMAT, "metadata": meta, "state_dict": self.heads_state_dict()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        bad = non_finite_tensors(self.heads_state_dict())
+        if bad:  # a diverged training run: never write heads that cannot segment
+            raise HeadsError(f"{path}: not written: the heads hold NaN or infinity ({bad[:4]})")
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
         self.metadata = meta
 
     def load_heads(self, path: str | Path, aggregation: Aggregation | None = None) -> None:
@@ -512,15 +517,28 @@ class WsiSam(nn.Module):
 def read_heads_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a heads checkpoint file; raise :class:`HeadsError` with the reason."""
     path = Path(path)
+    if path.is_dir():
+        raise HeadsError(f"WSI-SAM heads checkpoint {path} is a folder: give the .pt file in it")
     if not path.is_file():
         raise HeadsError(f"WSI-SAM heads checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise HeadsError(f"{path}: not a readable heads checkpoint ({exc})") from exc
+        raise HeadsError(
+            f"{path}: not a readable heads checkpoint: {torch_load_reason(exc)}"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != HEADS_FORMAT:
         raise HeadsError(
             f"{path}: not a WSI-SAM heads checkpoint (expected format {HEADS_FORMAT!r})"
+        )
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise HeadsError(f"{path}: not a WSI-SAM heads checkpoint (no state_dict)")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise HeadsError(
+            f"{path}: the heads hold NaN or infinity ({', '.join(bad[:4])}): the training run "
+            "that wrote them diverged; train again (e.g. with a lower --lr) or use other heads"
         )
     return cast(dict[str, Any], payload)
 

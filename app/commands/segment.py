@@ -95,13 +95,9 @@ def run(args: argparse.Namespace) -> int:
     except engine.SlideError as exc:
         print(f"wsi-sam segment: {exc}", file=sys.stderr)
         return 1
-    if slide.magnification is None:
-        print(
-            f"wsi-sam segment: note: {args.slide} does not record its pixel size or "
-            f"magnification; level 0 is taken as {args.level0_magnification:g}x "
-            "(set it with --level0-magnification)",
-            file=sys.stderr,
-        )
+    note = slide.scale_note(args.level0_magnification)
+    if note is not None:
+        print(f"wsi-sam segment: note: {note} (--level0-magnification)", file=sys.stderr)
     with slide:
         try:
             model = engine.load_wsi_sam(

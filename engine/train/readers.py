@@ -75,6 +75,7 @@ def read_label_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # PIL and tifffile raise many types for damaged files
         raise AnnotationReadError(f"{path}: cannot read as an image ({exc})") from exc
     array = np.squeeze(array)
+    colour = array.ndim == 3
     if array.ndim == 3:
         if array.shape[-1] not in (3, 4):
             raise AnnotationReadError(
@@ -85,9 +86,18 @@ def read_label_image(path: str | Path) -> np.ndarray:
     if array.ndim != 2:
         raise AnnotationReadError(f"{path}: expected a 2-D label map, got shape {array.shape}")
     integral = np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
+    if not integral and not np.all(np.isfinite(array)):
+        raise AnnotationReadError(f"{path}: label map has NaN or infinite values")
     if not integral and not np.all(np.equal(np.mod(array, 1), 0)):
         raise AnnotationReadError(f"{path}: label map has non-integer values")
-    return array.astype(np.int64)
+    labels = array.astype(np.int64)
+    from engine.validation import check_label_values
+
+    try:
+        check_label_values(labels, path, colour=colour)
+    except ValueError as exc:
+        raise AnnotationReadError(str(exc)) from None
+    return labels
 
 
 def _row_runs(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine._files import atomic_write_bytes
 from engine.train.augment import Augmentation, augmentation_variants
 from engine.train.data import ObjectSample, SlidePool, describe_samples, target_masks
 from engine.train.features import FeatureCache
@@ -37,6 +38,11 @@ from engine.train.prompts import area_downsample, coarse_mask, noisy_box, positi
 from engine.wsi_sam import PatchFeatures, Prompts, WsiSam
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN or infinite); no heads were written."""
+
 
 TRAIN_STATE_FORMAT = "wsi-sam-train-state/1"
 PROMPT_KINDS = ("box", "points", "mask")
@@ -209,10 +215,9 @@ def save_train_state(
         "config": json.dumps(dataclasses.asdict(config)),
         "epoch_losses": list(result.epoch_losses),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
@@ -382,6 +387,15 @@ def train_heads(
                     lr_targets[:, None].to(device),
                     config.lam,
                 )
+                if not bool(torch.isfinite(terms.total.detach()).all()):
+                    log.flush()
+                    raise TrainingError(
+                        f"the training loss became {float(terms.total.detach())} at epoch "
+                        f"{epoch + 1}, step {step + 1} (learning rate "
+                        f"{optimiser.param_groups[0]['lr']:g}): training diverged, so no heads "
+                        f"were written to {out}. Lower --lr, or check the data; the state after "
+                        f"the last good epoch is kept in {state_path} (--resume)"
+                    )
                 optimiser.zero_grad(set_to_none=True)
                 terms.total.backward()
                 optimiser.step()
