@@ -15,6 +15,7 @@ for how the app's annotations are kept safely in a project when QuPath is absent
 
 from .errors import (
     BridgeError,
+    DuplicateIdWarning,
     GeoJSONError,
     GeometryRepairedWarning,
     ProjectError,
@@ -34,6 +35,7 @@ __all__ = [
     "REPAIRED_METADATA_KEY",
     "Annotation",
     "BridgeError",
+    "DuplicateIdWarning",
     "GeoJSONError",
     "GeometryRepairedWarning",
     "PathClass",

@@ -21,3 +21,7 @@ class QuPathNotFoundError(ProjectError):
 
 class GeometryRepairedWarning(UserWarning):
     """An invalid geometry (e.g. a self-intersecting polygon) was repaired on reading."""
+
+
+class DuplicateIdWarning(UserWarning):
+    """Features of one GeoJSON shared an id; the later ones were given fresh ids on reading."""

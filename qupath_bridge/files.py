@@ -7,6 +7,7 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -34,7 +35,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     A reader never sees a half-written file; on failure the old file is left as it was.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -49,6 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.umask(umask)
             os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
+        remove_stale_temporaries(path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -99,3 +103,50 @@ def restore_backup(project_dir: Path, backup_dir: Path, entry_ids: list[str]) ->
         elif target.exists():
             # The folder did not exist before the failed write: remove what it left behind.
             shutil.rmtree(target)
+
+
+# Temporary files of an atomic write are named ``.<name>.<pid>.<random>.tmp``: a run that was
+# killed mid-write leaves one, and the next write of the same file removes it once no process of
+# that id is alive (or, for names without an id, after STALE_TEMPORARY_SECONDS).
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process, or a platform that cannot tell
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writes of ``path`` left beside it; return them."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed: list[Path] = []
+    try:
+        candidates = [
+            p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.suffix == ".tmp"
+        ]
+    except OSError:
+        return removed
+    now = time.time()
+    for candidate in candidates:
+        middle = candidate.name[len(prefix) : -len(".tmp")]
+        pid_text = middle.split(".", 1)[0]
+        if "." in middle and pid_text.isdigit():
+            stale = int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+        else:
+            try:
+                stale = now - candidate.stat().st_mtime > STALE_TEMPORARY_SECONDS
+            except OSError:
+                continue
+        if stale:
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed

@@ -22,6 +22,7 @@ metadata under :data:`REPAIRED_METADATA_KEY`; they are never dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from .errors import GeoJSONError, GeometryRepairedWarning
+from .errors import DuplicateIdWarning, GeoJSONError, GeometryRepairedWarning
 from .files import atomic_write_bytes, is_writable_dir
 from .model import Annotation, PathClass, rgb_from_packed, validate_rgb
 
@@ -122,9 +123,16 @@ def read_geojson(source: Source, *, repair: bool = True) -> list[Annotation]:
     obj, where = _load(source)
     features = _features_of(obj, where)
     repaired: list[tuple[int, str]] = []
-    annotations = [
-        _parse_feature(feature, index, repair, repaired) for index, feature in enumerate(features)
-    ]
+    try:
+        annotations = [
+            _parse_feature(feature, index, repair, repaired)
+            for index, feature in enumerate(features)
+        ]
+    except GeoJSONError as exc:
+        if where in ("GeoJSON object", "GeoJSON text"):
+            raise
+        raise GeoJSONError(f"{where}: {exc}") from None  # name the file, not only the feature
+    annotations = _fresh_duplicate_ids(annotations, where)
     if repaired:
         shown = "; ".join(f"feature {i}: {reason}" for i, reason in repaired[:5])
         more = f" and {len(repaired) - 5} more" if len(repaired) > 5 else ""
@@ -133,6 +141,30 @@ def read_geojson(source: Source, *, repair: bool = True) -> list[Annotation]:
         _log.warning(message)
         warnings.warn(message, GeometryRepairedWarning, stacklevel=2)
     return annotations
+
+
+def _fresh_duplicate_ids(annotations: list[Annotation], where: str) -> list[Annotation]:
+    """Give every feature after the first with an id already seen a fresh id, and say so: two
+    objects under one id would become one at the next save (the other one lost)."""
+    seen: set[str] = set()
+    renamed: list[tuple[int, str]] = []
+    out = []
+    for index, annotation in enumerate(annotations):
+        if annotation.id in seen:
+            renamed.append((index, annotation.id))
+            annotation = dataclasses.replace(annotation, id=str(uuid.uuid4()))
+        seen.add(annotation.id)
+        out.append(annotation)
+    if renamed:
+        shown = "; ".join(f"feature {i}: {old}" for i, old in renamed[:5])
+        more = f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""
+        message = (
+            f"{where}: {len(renamed)} feature(s) repeated an earlier feature's id and got a "
+            f"fresh id ({shown}{more})"
+        )
+        _log.warning(message)
+        warnings.warn(message, DuplicateIdWarning, stacklevel=3)
+    return out
 
 
 def _load(source: Source) -> tuple[Any, str]:

@@ -53,6 +53,7 @@ from .project_file import (
     ProjectImage,
     find_project_file,
     read_project_info,
+    version_warning,
 )
 from .qpdata import read_qpdata
 from .qupath import no_qupath_message, qupath_status
@@ -92,6 +93,7 @@ class Project:
         self.images: list[ProjectImage] = []
         self.path_classes: list[PathClass] = []
         self.qupath_version: str | None = None
+        self.version_warning: str | None = None
         self.reload()
 
     def __repr__(self) -> str:
@@ -113,6 +115,9 @@ class Project:
         self.images = info.images
         self.path_classes = info.path_classes
         self.qupath_version = info.version
+        self.version_warning = version_warning(info.version, self._project_file)
+        if self.version_warning:
+            _log.warning(self.version_warning)
 
     # ------------------------------------------------------------------ images
 

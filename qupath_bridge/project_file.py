@@ -107,6 +107,28 @@ def _load_json(path: Path, what: str) -> Any:
         ) from None
 
 
+#: The newest QuPath (major, minor) whose project files this bridge was checked against.
+NEWEST_KNOWN_QUPATH = (0, 7)
+
+
+def version_warning(version: str | None, where: object = "the project") -> str | None:
+    """A warning when ``version`` (a project's ``"version"``) is newer than any QuPath this bridge
+    knows: the project is opened, but its files may hold what this version does not read."""
+    if not version:
+        return None
+    found = re.match(r"v?(\d+)\.(\d+)", str(version).strip())
+    if found is None:
+        return f"{where} was written by QuPath {version!r}, a version this program does not know"
+    major_minor = (int(found.group(1)), int(found.group(2)))
+    if major_minor <= NEWEST_KNOWN_QUPATH:
+        return None
+    newest = ".".join(map(str, NEWEST_KNOWN_QUPATH))
+    return (
+        f"{where} was written by QuPath {version}, newer than the versions this program knows "
+        f"(up to {newest}); it is opened, but check what you read and save"
+    )
+
+
 def read_project_info(project_file: Path) -> ProjectInfo:
     """Read the images and classes of the project whose ``project.qpproj`` is ``project_file``."""
     data = _load_json(project_file, "project file")
