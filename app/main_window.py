@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ from app.session.docks import AnnotationDock, ClassDock, ProjectDock, color_icon
 from app.session.journal import Journal, JournalRecorder
 from app.session.overlay import AnnotationOverlay
 from app.session.settings import add_recent_file, recent_files, save_classes, saved_classes
+from app.session.slide_scale import (
+    apply_saved_scale,
+    parse_scale,
+    save_scale,
+    scaled_slide_opener,
+)
 from app.session.undo import (
     AddAnnotationCommand,
     DeleteAnnotationsCommand,
@@ -60,6 +67,11 @@ CLICK_SLOP_PX = 4  # a press and release closer than this is a click (select), n
 def is_project_path(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     return p.suffix.lower() in PROJECT_SUFFIXES or (p.is_dir() and (p / "project.qpproj").is_file())
+
+
+# What the engine takes for level 0 when a file does not record its scale (WsiSamPredictor's
+# default_magnification).
+ASSUMED_MAGNIFICATION = 40.0
 
 
 def plain_error(exc: BaseException) -> str:
@@ -129,7 +141,12 @@ class MainWindow(QMainWindow):
         self.view = SlideView(self)
         self.view.setObjectName("slideView")
         self.setCentralWidget(self.view)
-        self.engine = EngineClient(predictor_factory, parent=self, options_factory=options_factory)
+        self.engine = EngineClient(
+            predictor_factory,
+            parent=self,
+            options_factory=options_factory,
+            slide_opener=scaled_slide_opener,  # with the pixel size the user set for the file
+        )
         self.prompts = PromptController(self.view, self.engine, self)
         self.overlay = AnnotationOverlay(self.view, self.store, self.classes)
         self.project_objects = ProjectObjectsController(self)  # detection layer, Locate...
@@ -203,6 +220,11 @@ class MainWindow(QMainWindow):
         )
         self.act_export = a("&Export GeoJSON…", self.ask_export_geojson, ["Ctrl+E"])
         self.act_import = a("&Import GeoJSON…", self.ask_import_geojson, ["Ctrl+I"])
+        self.act_scale = a(
+            "Set pixel si&ze…",
+            self.ask_slide_scale,
+            tip="Set the slide's pixel size or magnification, when the file does not say it",
+        )
         self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
 
         self.act_undo = self.undo_stack.createUndoAction(self, "&Undo")
@@ -274,6 +296,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.act_save)
         file_menu.addAction(self.act_export)
         file_menu.addAction(self.act_import)
+        file_menu.addAction(self.act_scale)
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
 
@@ -400,6 +423,7 @@ class MainWindow(QMainWindow):
         except Exception as exc:
             self.prompter.error("Cannot open slide", f"{path}\n\n{plain_error(exc)}")
             return False
+        apply_saved_scale(slide, path)
 
         self._close_slide()
         if _project_image is None and self.project is not None:
@@ -422,6 +446,9 @@ class MainWindow(QMainWindow):
         self.journal = Journal.for_slide(journal_target, entry_id if _project_image else None)
         annotations = base
         self._unsaved = False
+        damaged = self.journal.repair()  # damaged lines set aside, the good ones kept
+        if damaged is not None:
+            self.prompter.error("Crash journal damaged", damaged)
         if self.journal.has_edits():
             count = len(self.journal.edits())
             if self.prompter.ask_restore(count, Path(path).name):
@@ -473,6 +500,9 @@ class MainWindow(QMainWindow):
         )
         add_recent_file(str(project.path))
         self._update_title()
+        note = getattr(project, "version_warning", None)
+        if note:
+            self.prompter.error("Newer QuPath project", note)
         first = next((i for i, im in enumerate(self.project_images) if im.exists), None)
         if first is not None:
             self.open_project_image(first)
@@ -616,8 +646,11 @@ class MainWindow(QMainWindow):
             ):
                 self.ask_export_geojson()
             return True
-        except Exception as exc:
-            self.prompter.error("Saving into the project failed", plain_error(exc))
+        except Exception as exc:  # a read-only or damaged project: offer the export
+            if self.prompter.offer_geojson_instead(
+                f"Saving into the project failed: {plain_error(exc)}"
+            ):
+                return self.ask_export_geojson()
             return False
         self._loaded_ids = self.store.ids()
         self._mark_saved(str(self.project.path))
@@ -651,11 +684,30 @@ class MainWindow(QMainWindow):
         import qupath_bridge
 
         try:
-            annotations = qupath_bridge.read_geojson(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", qupath_bridge.DuplicateIdWarning)
+                annotations = qupath_bridge.read_geojson(path)
         except Exception as exc:
             self.prompter.error("Cannot import GeoJSON", f"{path}\n\n{plain_error(exc)}")
             return 0
-        new = [a for a in annotations if a.id not in self.store]
+        for warning in caught:  # repeated ids were given fresh ones: say so
+            if issubclass(warning.category, qupath_bridge.DuplicateIdWarning):
+                self.prompter.error("Repeated ids in GeoJSON", str(warning.message))
+            else:
+                warnings.warn(warning.message, warning.category, stacklevel=1)
+        new = []
+        taken = set(self.store.ids())
+        for annotation in annotations:  # read_geojson gives repeated ids fresh ones already
+            if annotation.id not in taken:
+                taken.add(annotation.id)
+                new.append(annotation)
+        skipped = len(annotations) - len(new)
+        if skipped:
+            self.statusBar().showMessage(
+                f"{skipped} of the {len(annotations)} annotations in {Path(path).name} are "
+                "in the list already (same id) and were not imported again",
+                10000,
+            )
         self.classes.merge(
             ClassEntry.from_path_class(a.path_class)
             for a in new
@@ -846,7 +898,43 @@ class MainWindow(QMainWindow):
             text += f", {slide.magnification:g}x"
         if getattr(slide, "mpp", None):
             text += f", {slide.mpp[0]:.3f} µm/px"
+        note = slide.scale_note(ASSUMED_MAGNIFICATION) if hasattr(slide, "scale_note") else None
+        if note:
+            text += f" — {note} (File > Set pixel size…)"
+        elif getattr(slide, "scale_source", None) == "user":
+            text += " (set by hand)"
         return text
+
+    def ask_slide_scale(self) -> None:
+        """Set the open slide's pixel size or magnification, remembered for the file."""
+        if self.slide is None or self.slide_path is None:
+            self.prompter.error("No slide", "Open a slide first.")
+            return
+        current = ""
+        if getattr(self.slide, "mpp", None):
+            current = f"{self.slide.mpp[0]:g}"
+        elif getattr(self.slide, "magnification", None):
+            current = f"{self.slide.magnification:g}x"
+        text = self.prompter.ask_text(
+            "Set pixel size",
+            "Level-0 pixel size in µm (e.g. 0.25) or magnification (e.g. 40x):",
+            current,
+        )
+        if text is None:
+            return
+        try:
+            kind, value = parse_scale(text)
+            if kind == "mpp":
+                self.slide.set_scale(mpp=value)
+            else:
+                self.slide.set_scale(magnification=value)
+        except (ValueError, AttributeError) as exc:
+            self.prompter.error("Set pixel size", plain_error(exc))
+            return
+        save_scale(self.slide_path, kind, value)
+        self.engine.forget_slide(self.slide_path)  # the engine reopens it with the new scale
+        self._update_zoom_label()
+        self.statusBar().showMessage(self._describe_slide(self.slide), 10000)
 
     def _update_title(self) -> None:
         parts = [APP_TITLE]

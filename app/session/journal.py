@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,6 +69,31 @@ def annotation_of(feature: dict[str, Any]) -> Any:
     return qupath_bridge.read_geojson({"type": "FeatureCollection", "features": [feature]})[0]
 
 
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    """A journal line as a record, or None when it is damaged (not UTF-8, not JSON, or an edit
+    whose feature cannot be read back)."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    op = record.get("op")
+    if op == "remove":
+        return record if isinstance(record.get("id"), str) else None
+    if op in ("add", "update"):
+        feature = record.get("feature")
+        row = record.get("row", 0)
+        if not isinstance(feature, dict) or not isinstance(row, int) or isinstance(row, bool):
+            return None
+        try:
+            annotation_of(feature)
+        except Exception:
+            return None
+        return record
+    return record
+
+
 class Journal:
     """Append-only edit log of one slide's unsaved annotations."""
 
@@ -83,19 +109,66 @@ class Journal:
 
     # -- reading ---------------------------------------------------------------------------
     def edits(self) -> list[dict[str, Any]]:
-        """The recorded edits, in order (the header and a torn last line left out)."""
+        """The recorded edits, in order (the header and damaged lines, such as a torn last line,
+        left out)."""
+        return [record for record, _raw in self._read()[0]]
+
+    def _read(self) -> tuple[list[tuple[dict[str, Any], bytes]], list[bytes]]:
+        """(good edits with their raw lines, damaged raw lines); the header is neither."""
         if not self.path.exists():
-            return []
-        edits = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill; everything before it is intact
-                if isinstance(record, dict) and record.get("op") in ("add", "remove", "update"):
-                    edits.append(record)
-        return edits
+            return [], []
+        good: list[tuple[dict[str, Any], bytes]] = []
+        damaged: list[bytes] = []
+        with open(self.path, "rb") as f:
+            for raw in f:
+                if not raw.strip():
+                    continue
+                record = _parse_line(raw)
+                if record is None:
+                    damaged.append(raw)
+                elif record.get("op") in ("add", "remove", "update"):
+                    good.append((record, raw))
+                elif "journal" not in record:
+                    damaged.append(raw)
+        return good, damaged
+
+    def repair(self) -> str | None:
+        """Set damaged lines aside (a torn last line, bytes a crash or a full disk garbled) so the
+        good edits can be restored: the whole file is kept as ``<stem>.damaged-<time>.jsonl``
+        beside it and the journal is rewritten with the good lines only. Returns a message for
+        the user, or None when nothing was damaged."""
+        try:
+            good, damaged = self._read()
+        except OSError as exc:
+            return f"the journal {self.path} cannot be read: {exc.strerror or exc}"
+        if not damaged:
+            return None
+        self.close()
+        # A last line without its newline is a write a kill cut short: the user never saw that
+        # edit acknowledged, and its bytes are no JSON; it goes without a word.
+        torn_only = len(damaged) == 1 and not damaged[0].endswith(b"\n")
+        aside = self.path.with_name(f"{self.path.stem}.damaged-{int(time.time())}.jsonl")
+        if not torn_only:
+            shutil.copyfile(self.path, aside)
+        with open(self.path, "rb") as f:
+            first = f.readline()
+        header = _parse_line(first)
+        if header is None or "journal" not in header:
+            header = {"journal": JOURNAL_VERSION, "slide": self.key, "started": time.time()}
+        lines = [json.dumps(header).encode("utf-8") + b"\n"]
+        lines += [raw if raw.endswith(b"\n") else raw + b"\n" for _record, raw in good]
+        tmp = self.path.with_name(self.path.name + ".repair.tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        if torn_only:
+            return None
+        return (
+            f"{len(damaged)} damaged line(s) of the crash journal were set aside in {aside}; "
+            f"the {len(good)} good edit(s) are kept"
+        )
 
     def has_edits(self) -> bool:
         return bool(self.edits())
