@@ -230,5 +230,7 @@ def check_writable_file(
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{what} {path}: the file is read-only; choose another file")
     if folder_must_exist and not folder.is_dir():
+        if folder.exists():
+            raise UserError(f"{what} {path}: {folder} is a file, not a folder")
         raise UserError(f"{what} {path}: the folder {folder} does not exist; create it first")
     check_writable_dir(folder, what)

@@ -109,6 +109,8 @@ def torch_load_reason(exc: BaseException) -> str:
     """A short reason from a ``torch.load`` failure, without torch's advice to load the file with
     ``weights_only=False`` (which would run whatever code the file carries)."""
     text = str(exc)
+    if "Unsupported operand" in text or "invalid load key" in text:
+        return "not a torch file (another format, e.g. the HTML page of a failed download?)"
     if "Weights only load failed" in text or "weights_only" in text:
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
