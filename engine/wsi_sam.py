@@ -287,6 +287,9 @@ class WsiSam(nn.Module):
         self.metadata: dict[str, Any] = dict(metadata or {})
         #: bumped whenever the heads' weights are replaced, so caches of head outputs can tell
         self.heads_version = 0
+        #: converted decoders (engine.backends.openvino_decoder.OpenVinoDecoders), or None for
+        #: torch; used at inference only, and only while they match ``heads_version``
+        self.decoder_backend: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -295,7 +298,27 @@ class WsiSam(nn.Module):
     def train(self, mode: bool = True) -> WsiSam:
         super().train(mode)
         self.sam.eval()  # SAM is frozen, also in training mode
+        if mode:
+            # Training changes the heads in place: converted decoders and caches of head outputs
+            # no longer answer for them.
+            self.decoder_backend = None
+            self.heads_version += 1
         return self
+
+    def enable_fast_decoders(self) -> None:
+        """Decode prompts on OpenVINO too (in the encoder's precision), for the current heads.
+
+        Only when the encoder runs on OpenVINO; converts on first use (cached on disk). Call
+        again after loading other heads. Raises engine.backends.BackendError when the
+        conversion or compilation fails.
+        """
+        backend = self.sam.encoder_backend
+        if backend is None or getattr(backend, "name", "") != "openvino":
+            self.decoder_backend = None
+            return
+        from engine.backends.openvino_decoder import OpenVinoDecoders
+
+        self.decoder_backend = OpenVinoDecoders(self, backend.precision)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of the two heads; SAM itself is frozen."""
@@ -411,18 +434,50 @@ class WsiSam(nn.Module):
         Returns:
             HR mask logits (B, C, 256, 256) and SAM's IoU predictions (B, C).
         """
-        batch = prompts.batch_size
         hr_sparse, hr_dense = self._embed_prompts(prompts)
         lr_sparse, lr_dense = self._embed_prompts(prompts.to_lr())
+        static = self.hr_static_features(hr) if hr_static is None else hr_static
+        decoders = self.decoder_backend
+        if decoders is not None and decoders.heads_version == self.heads_version:
+            logits, iou = decoders.decode_hr(
+                hr.embedding, lr.embedding, static, hr_sparse, lr_sparse, hr_dense, lr_dense
+            )
+        else:
+            logits, iou = self.decode_hr(
+                hr.embedding, lr.embedding, static, hr_sparse, lr_sparse, hr_dense, lr_dense
+            )
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return logits[:, chosen], iou[:, chosen]
+
+    def decode_hr(
+        self,
+        hr_embedding: torch.Tensor,
+        lr_embedding: torch.Tensor,
+        hr_static: torch.Tensor,
+        hr_sparse: torch.Tensor,
+        lr_sparse: torch.Tensor,
+        hr_dense: torch.Tensor,
+        lr_dense: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tensor part of :meth:`predict_hr`, for all four of SAM's mask outputs.
+
+        Free of shape-dependent Python branches, so that it converts to other runtimes with a
+        dynamic batch and prompt length.
+
+        Args:
+            hr_embedding, lr_embedding: (1 or B, 256, 64, 64).
+            hr_static: (1 or B, 32, 256, 256) from :meth:`hr_static_features`.
+            hr_sparse, lr_sparse: (B, N, 256) embedded prompts on the HR / LR patch.
+            hr_dense, lr_dense: (B, 256, 64, 64) dense prompt embeddings.
+        Returns:
+            HR logits (B, 4, 256, 256) (single-mask output first, then the three multimask
+            ones) and SAM's IoU predictions (B, 4).
+        """
+        batch = hr_sparse.shape[0]
         decoder = self.sam.mask_decoder
         image_pe = self.sam.prompt_encoder.get_dense_pe()
-        sam_masks, sam_iou, _, _ = decoder.predict_masks(
-            hr.embedding, image_pe, hr_sparse, hr_dense
-        )
-
-        def per_prompt(x: torch.Tensor) -> torch.Tensor:
-            return x.expand(batch, *x.shape[1:]) if x.shape[0] != batch else x
-
+        hr_image = hr_embedding.expand(batch, -1, -1, -1)
+        sam_masks, sam_iou, _, _ = decoder.predict_masks(hr_image, image_pe, hr_sparse, hr_dense)
         # One batch: the HR prompts with the HR token on the HR embedding, then the LR ones.
         extra = torch.cat(
             [
@@ -431,22 +486,19 @@ class WsiSam(nn.Module):
             ]
         )
         tokens, image_features = decoder.run_transformer(
-            torch.cat([per_prompt(hr.embedding), per_prompt(lr.embedding)]),
+            torch.cat([hr_image, lr_embedding.expand(batch, -1, -1, -1)]),
             image_pe,
             torch.cat([hr_sparse, lr_sparse]),
-            torch.cat([per_prompt(hr_dense), per_prompt(lr_dense)]),
+            torch.cat([hr_dense, lr_dense]),
             extra_tokens=extra,
         )
         head_tokens = tokens[:, 1 + decoder.num_mask_tokens, :]
         hr_token = self.hr_head.token_mlp(head_tokens[:batch])
         lr_token = self.lr_head.token_mlp(head_tokens[batch:])
         upscaled = decoder.upscale(image_features[:batch])
-        static = self.hr_static_features(hr) if hr_static is None else hr_static
-        fused = self.hr_head.embedding_maskfeature(upscaled) + static
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        fused = self.hr_head.embedding_maskfeature(upscaled) + hr_static
         token = self.merge_tokens(hr_token, lr_token)
-        logits = self._apply_token(token, fused, sam_masks[:, chosen])
-        return logits, sam_iou[:, chosen]
+        return self._apply_token(token, fused, sam_masks), sam_iou
 
     @torch.no_grad()
     def sam_forward(
@@ -454,11 +506,26 @@ class WsiSam(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain SAM on one resolution: logits (B,C,256,256) and IoU predictions (B,C)."""
         sparse, dense = self._embed_prompts(prompts)
-        masks, iou, _, _ = self.sam.mask_decoder.predict_masks(
-            features.embedding, self.sam.prompt_encoder.get_dense_pe(), sparse, dense
-        )
+        decoders = self.decoder_backend
+        if decoders is not None:
+            masks, iou = decoders.decode_sam(features.embedding, sparse, dense)
+        else:
+            masks, iou = self.decode_sam(features.embedding, sparse, dense)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou[:, chosen]
+
+    def decode_sam(
+        self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's decoder: (1 or B, 256, 64, 64), (B, N, 256), (B, 256, 64, 64) -> all four mask
+        logits (B, 4, 256, 256) and IoU predictions (B, 4)."""
+        masks, iou, _, _ = self.sam.mask_decoder.predict_masks(
+            embedding.expand(sparse.shape[0], -1, -1, -1),
+            self.sam.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+        )
+        return masks, iou
 
     # --- heads checkpoint -------------------------------------------------------------------
 
@@ -550,6 +617,7 @@ def load_wsi_sam(
     aggregation: Aggregation | None = None,
     backend: str = "auto",
     precision: str = "auto",
+    fast_decoders: bool = True,
 ) -> WsiSam:
     """Build WSI-SAM on the MobileSAM weights and load its heads.
 
@@ -561,6 +629,9 @@ def load_wsi_sam(
         aggregation: override the heads' token aggregation (``"mean"`` or ``"sum"``).
         backend, precision: the image encoder's runtime and precision, as for
             :func:`engine.weights.load_sam`.
+        fast_decoders: with the OpenVINO encoder, also decode prompts on OpenVINO
+            (:meth:`WsiSam.enable_fast_decoders`); False keeps the decoders in torch (training
+            does, as it changes the heads).
     """
     from engine.weights import load_sam
 
@@ -578,7 +649,10 @@ def load_wsi_sam(
     else:
         model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
     model.eval()
-    return model.to(sam.device)
+    model = model.to(sam.device)
+    if fast_decoders:
+        model.enable_fast_decoders()
+    return model
 
 
 def postprocess_logits(logits: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:

@@ -182,3 +182,90 @@ def test_wsi_sam_masks_agree_across_backends(sample_slide: Path) -> None:
     assert iou(box_mask("openvino", "f32"), reference) >= 0.98
     if cpu_supports_bf16():
         assert iou(box_mask("openvino", "bf16"), reference) >= 0.97
+
+
+@pytest.fixture(scope="module")
+def ov_wsi_sam():  # type: ignore[no-untyped-def]
+    """WSI-SAM with the shipped heads, encoder and decoders on OpenVINO f32."""
+    import engine
+
+    if not openvino_available():
+        pytest.skip("openvino not installed")
+    return engine.load_wsi_sam(device="cpu", backend="openvino", precision="f32")
+
+
+@pytest.fixture(scope="module")
+def real_field(ov_wsi_sam, sample_slide: Path):  # type: ignore[no-untyped-def]
+    from engine.patches import choose_field, read_field
+    from engine.slides import open_slide
+
+    with open_slide(sample_slide) as slide:
+        field = choose_field(slide, (900, 1300, 1150, 1520))
+        hr, lr = read_field(slide, field)
+    features = ov_wsi_sam.encode(torch.from_numpy(np.stack([hr, lr])).permute(0, 3, 1, 2).float())
+    return features[0], features[1]
+
+
+def _prompts():  # type: ignore[no-untyped-def]
+    from engine.wsi_sam import Prompts
+
+    return Prompts(
+        boxes=torch.tensor([[400.0, 400, 600, 620], [300, 300, 700, 700], [480, 470, 560, 560]]),
+        points=torch.tensor([[[500.0, 500]], [[450, 460]], [[520, 515]]]),
+        labels=torch.tensor([[1], [1], [0]]),
+    )
+
+
+def test_openvino_decoders_equal_torch_in_f32_and_agree_in_bf16(ov_wsi_sam, real_field) -> None:  # type: ignore[no-untyped-def]
+    from engine.backends.openvino_decoder import OpenVinoDecoders
+
+    hr, lr = real_field
+    model = ov_wsi_sam
+    decoders = model.decoder_backend
+    assert isinstance(decoders, OpenVinoDecoders) and decoders.heads_version == model.heads_version
+    prompts = _prompts()
+    with torch.inference_mode():
+        static = model.hr_static_features(hr)
+        fast, fast_iou = model.predict_hr(hr, lr, prompts, multimask_output=True, hr_static=static)
+        fast_sam, _ = model.sam_forward(hr, prompts)
+        model.decoder_backend = None
+        try:
+            ref, ref_iou = model.predict_hr(
+                hr, lr, prompts, multimask_output=True, hr_static=static
+            )
+            ref_sam, _ = model.sam_forward(hr, prompts)
+        finally:
+            model.decoder_backend = decoders
+    assert fast.shape == ref.shape == (3, 3, 256, 256)
+    torch.testing.assert_close(fast, ref, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(fast_iou, ref_iou, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_sam, ref_sam, rtol=1e-3, atol=1e-3)
+    if cpu_supports_bf16():
+        model.decoder_backend = OpenVinoDecoders(model, "bf16")
+        try:
+            with torch.inference_mode():
+                half, _ = model.predict_hr(
+                    hr, lr, prompts, multimask_output=True, hr_static=static
+                )
+        finally:
+            model.decoder_backend = decoders
+        a, b = half > 0, ref > 0
+        assert float((a & b).sum() / (a | b).sum()) >= 0.97
+
+
+def test_converted_decoders_never_answer_for_other_heads(ov_wsi_sam) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    model = ov_wsi_sam
+    assert model.decoder_backend is not None
+    clone = copy.deepcopy(model)
+    assert clone.decoder_backend is None  # a copy may be trained: it decodes in torch
+    clone.train()
+    assert clone.decoder_backend is None
+    version = clone.heads_version
+    clone.enable_fast_decoders()
+    assert clone.decoder_backend is not None and clone.decoder_backend.heads_version == version
+    clone.train()  # training changes the heads in place
+    assert clone.decoder_backend is None and clone.heads_version == version + 1
+    torch_only = __import__("engine").load_wsi_sam(device="cpu", backend="torch")
+    assert torch_only.decoder_backend is None

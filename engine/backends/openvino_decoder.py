@@ -1,0 +1,228 @@
+"""WSI-SAM's prompt-dependent decoders on OpenVINO, for the per-prompt cost on a CPU.
+
+After the encoder, what a prompt waits for is SAM's two-way-transformer decoder (run three times
+in WSI-SAM mode: plain SAM on the HR patch, then the HR and LR heads' tokens in one batch) and the
+HR head's 3x3-conv fusion at 256x256. :meth:`engine.wsi_sam.WsiSam.decode_hr` and
+:meth:`~engine.wsi_sam.WsiSam.decode_sam` hold exactly that tensor work without shape-dependent
+Python branches; this module converts them with ``openvino.convert_model`` (dynamic batch and
+prompt length), caches the IR on disk keyed by the MobileSAM checkpoint, the heads' weights and
+the OpenVINO version, and runs them in the encoder backend's precision.
+
+The converted graphs hold the heads' weights, so they answer only for the heads they were
+converted from: :class:`~engine.wsi_sam.WsiSam` uses them only while its ``heads_version`` is the
+one recorded here, drops them when it is put into training mode, and a deep copy of the model
+(which may then be trained) does not inherit them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.backends import BackendError
+from engine.backends.openvino_backend import _OV_PRECISION, bundled_models_dir, cache_root
+
+if TYPE_CHECKING:
+    from engine.wsi_sam import WsiSam
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the converted decoder graphs change.
+DECODER_GRAPH_VERSION = 1
+_GRAPHS = ("decode_hr", "decode_sam")
+
+
+class _DecodeHr(nn.Module):
+    def __init__(self, model: WsiSam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        hr_embedding: torch.Tensor,
+        lr_embedding: torch.Tensor,
+        hr_static: torch.Tensor,
+        hr_sparse: torch.Tensor,
+        lr_sparse: torch.Tensor,
+        hr_dense: torch.Tensor,
+        lr_dense: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.decode_hr(
+            hr_embedding, lr_embedding, hr_static, hr_sparse, lr_sparse, hr_dense, lr_dense
+        )
+
+
+class _DecodeSam(nn.Module):
+    def __init__(self, model: WsiSam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.decode_sam(embedding, sparse, dense)
+
+
+def heads_digest(model: WsiSam) -> str:
+    """sha256 of the heads' weights and aggregation (what the converted graphs depend on)."""
+    digest = hashlib.sha256(model.aggregation.encode())
+    for key, value in sorted(model.heads_state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def decoders_key(model: WsiSam) -> str:
+    import openvino as ov
+
+    checkpoint = getattr(model.sam.checkpoint_info, "sha256", "unknown")
+    version = ov.get_version().split("-")[0]
+    return (
+        f"decoders-{checkpoint[:12]}-{heads_digest(model)[:12]}-ov{version}"
+        f"-g{DECODER_GRAPH_VERSION}"
+    )
+
+
+def _example_inputs(model: WsiSam) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Inputs of batch 2 with 3 prompt tokens (a box and a point), for tracing."""
+    batch, tokens = 2, 3
+    emb = torch.zeros(1, 256, 64, 64)
+    static = torch.zeros(1, 32, 256, 256)
+    sparse = torch.zeros(batch, tokens, 256)
+    dense = torch.zeros(batch, 256, 64, 64)
+    return {
+        "decode_hr": (emb, emb, static, sparse, sparse, dense, dense),
+        "decode_sam": (emb, sparse, dense),
+    }
+
+
+def convert_decoders(model: WsiSam, folder: Path) -> None:
+    """Convert both decoder graphs into ``folder`` (a temporary folder renamed at the end)."""
+    import openvino as ov
+
+    examples = _example_inputs(model)
+    shapes = {
+        "decode_hr": [
+            (-1, 256, 64, 64),
+            (-1, 256, 64, 64),
+            (-1, 32, 256, 256),
+            (-1, -1, 256),
+            (-1, -1, 256),
+            (-1, 256, 64, 64),
+            (-1, 256, 64, 64),
+        ],
+        "decode_sam": [(-1, 256, 64, 64), (-1, -1, 256), (-1, 256, 64, 64)],
+    }
+    modules = {"decode_hr": _DecodeHr(model), "decode_sam": _DecodeSam(model)}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    t0 = time.perf_counter()
+    try:
+        for name in _GRAPHS:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                converted = ov.convert_model(
+                    modules[name].eval(), example_input=examples[name], input=shapes[name]
+                )
+            ov.save_model(converted, tmp / f"{name}.xml", compress_to_fp16=False)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / "decode_sam.xml").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(
+        "converted the decoders to OpenVINO in %.1f s: %s", time.perf_counter() - t0, folder
+    )
+
+
+class OpenVinoDecoders:
+    """The converted :meth:`WsiSam.decode_hr` / :meth:`WsiSam.decode_sam`, compiled for the CPU.
+
+    Built for one model's current heads (``heads_version`` records which). Thread-safe: one
+    inference request per graph and calling thread.
+    """
+
+    def __init__(self, model: WsiSam, precision: str = "f32") -> None:
+        import openvino as ov
+
+        if precision not in _OV_PRECISION:
+            raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
+        self.precision = precision
+        self.heads_version = model.heads_version
+        key = decoders_key(model)
+        bundled = bundled_models_dir()
+        folder = cache_root() / "openvino" / key
+        if bundled is not None and (bundled / key / "decode_sam.xml").is_file():
+            folder = bundled / key
+        elif not all((folder / f"{name}.xml").is_file() for name in _GRAPHS):
+            try:
+                convert_decoders(model, folder)
+            except OSError as exc:
+                raise BackendError(
+                    f"could not write the converted OpenVINO decoders to {folder} "
+                    f"({exc.strerror or exc}); set WSI_SAM_CACHE_DIR to a writable folder"
+                ) from exc
+        self.folder = folder
+        core = ov.Core()
+        compiled_cache = cache_root() / "openvino" / "compiled"
+        try:
+            compiled_cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(compiled_cache)})
+        except OSError:
+            logger.info("OpenVINO compiled-model cache unavailable at %s", compiled_cache)
+        config = {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        try:
+            self._compiled = {
+                name: core.compile_model(str(folder / f"{name}.xml"), "CPU", config)
+                for name in _GRAPHS
+            }
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
+            raise BackendError(
+                f"OpenVINO could not compile the decoders in {folder}: {reason}"
+            ) from exc
+        self._local = threading.local()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> None:
+        # A copy of the model may get other heads (training): it decodes in torch.
+        return None
+
+    def _infer(self, name: str, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        requests = self._local.__dict__.setdefault("requests", {})
+        request = requests.get(name)
+        if request is None:
+            request = requests[name] = self._compiled[name].create_infer_request()
+        device = inputs[0].device
+        arrays = [np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for t in inputs]
+        result = request.infer(arrays)
+        return tuple(
+            torch.from_numpy(np.array(result[out])).to(device)
+            for out in self._compiled[name].outputs
+        )
+
+    def decode_hr(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`WsiSam.decode_hr`: HR logits (B, 4, 256, 256), IoU predictions (B, 4)."""
+        logits, iou = self._infer("decode_hr", inputs)
+        return logits, iou
+
+    def decode_sam(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`WsiSam.decode_sam`: logits (B, 4, 256, 256), IoU predictions (B, 4)."""
+        masks, iou = self._infer("decode_sam", inputs)
+        return masks, iou
