@@ -1,4 +1,8 @@
-"""``wsi-sam segment SLIDE (--box x0,y0,x1,y1 | --point x,y[,label] ...) --out OUT.geojson``."""
+"""``wsi-sam segment SLIDE (--box x0,y0,x1,y1 | --point x,y[,label] ...) --out OUT.geojson``.
+
+``--refine IN.geojson`` and ``--everything --region ...`` work on many objects
+(:mod:`app.commands.segment_many`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import sys
 import time
 
+from app.commands import segment_many
 from app.commands.engine_options import add_engine_arguments, engine_kwargs
 from app.errors import UserError, check_writable_file, positive_float
 
@@ -41,8 +46,12 @@ def _point(text: str) -> list[float]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
-        help="segment one object on a slide from a box or points (level-0 pixels)",
-        description="Segment one object and write it as a QuPath GeoJSON annotation.",
+        help="segment one object from a box or points, refine annotations (--refine) or "
+        "segment everything in a region (--everything); level-0 pixels",
+        description="Segment one object and write it as a QuPath GeoJSON annotation; or refine "
+        "every annotation of a GeoJSON file (--refine); or segment every object inside a region "
+        "(--everything). Objects carry their provenance (model, heads, prompt, field, "
+        "predicted IoU) as measurements and metadata.",
     )
     parser.add_argument("slide", help="slide or image file")
     parser.add_argument("--box", type=_box, help="x0,y0,x1,y1 in level-0 pixels")
@@ -73,11 +82,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--class", dest="class_name", help="classification of the annotation")
     parser.add_argument("--name", help="name of the annotation")
     parser.add_argument("--out", required=True, help="output .geojson file")
+    segment_many.add_arguments(parser, _box)
     add_engine_arguments(parser, device=True)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if segment_many.wanted(args):
+        return segment_many.run(args)
     if args.box is None and not args.point:
         print("wsi-sam segment: give --box or at least one --point", file=sys.stderr)
         return 2
@@ -131,12 +143,24 @@ def run(args: argparse.Namespace) -> int:
         geometry=result.geometry,
         path_class=PathClass.from_name(args.class_name) if args.class_name else None,
         name=args.name,
-        measurements={"WSI-SAM score": result.score},
-        metadata={
-            "wsi-sam mode": result.mode,
-            "wsi-sam magnification": f"{result.field.hr_magnification or 0:g}",
-        },
     )
+    from app import __version__
+    from engine.provenance import Provenance
+
+    kind = (
+        "box+points" if args.box is not None and points else "box" if points is None else "points"
+    )
+    Provenance.create(
+        model,
+        result.mode,
+        kind,
+        field=result.field,
+        predicted_iou=result.score,
+        box=args.box,
+        points=points,
+        labels=labels,
+        app_version=f"WSI-SAM Studio {__version__}",
+    ).apply(annotation.measurements, annotation.metadata)
     write_geojson(args.out, [annotation])
     done = time.perf_counter()
     mag = result.field.hr_magnification
