@@ -1,4 +1,4 @@
-"""Convert the image encoder to OpenVINO IR for the bundle, at build time.
+"""Convert the image encoder (and the shipped heads' decoders) to OpenVINO IR for the bundle.
 
     python packaging/convert_models.py OUT_DIR [--checkpoint PATH]
 
@@ -21,20 +21,36 @@ from pathlib import Path
 
 
 def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
-    """Make ``out_dir`` hold exactly the converted encoder of ``checkpoint``; return its IR."""
+    """Make ``out_dir`` hold exactly the converted encoder of ``checkpoint`` and the converted
+    decoders of the shipped heads; return the encoder's IR."""
     from engine.backends.openvino_backend import IR_NAME, convert_encoder, model_key
-    from engine.weights import load_sam
+    from engine.backends.openvino_decoder import convert_decoders, decoders_key
+    from engine.wsi_sam import load_wsi_sam
 
-    sam = load_sam(checkpoint=checkpoint, device="cpu", backend="torch", precision="f32")
+    model = load_wsi_sam(
+        checkpoint=checkpoint, device="cpu", backend="torch", precision="f32", fast_decoders=False
+    )
+    sam = model.sam
     key = model_key(sam.checkpoint_info.sha256)
+    decoders = decoders_key(model)
     target = out_dir / key
     out_dir.mkdir(parents=True, exist_ok=True)
     for other in out_dir.iterdir():
-        if other.name != key:
+        if other.name not in (key, decoders):
             if other.is_dir():
                 shutil.rmtree(other)
             else:
                 other.unlink()
+    decoder_dir = out_dir / decoders
+    graphs = [
+        decoder_dir / f"{name}{suffix}"
+        for name in ("decode_hr", "decode_sam")
+        for suffix in (".xml", ".bin")
+    ]
+    if not all(path.is_file() for path in graphs):
+        if decoder_dir.exists():  # incomplete: convert again
+            shutil.rmtree(decoder_dir)
+        convert_decoders(model, decoder_dir)
     ir = target / IR_NAME
     if ir.is_file() and ir.with_suffix(".bin").is_file():
         return ir

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from engine.backends import openvino_backend
+from engine.backends import openvino_backend, openvino_decoder
 from engine.weights import default_checkpoint_path, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,15 @@ def fake_convert(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         (folder / openvino_backend.IR_NAME).with_suffix(".bin").write_bytes(b"\0")
         return folder / openvino_backend.IR_NAME
 
+    def convert_decoders(model: object, folder: Path) -> None:
+        calls.append(folder)
+        folder.mkdir(parents=True)
+        for name in ("decode_hr", "decode_sam"):
+            (folder / f"{name}.xml").write_text("<net/>")
+            (folder / f"{name}.bin").write_bytes(b"\0")
+
     monkeypatch.setattr(openvino_backend, "convert_encoder", convert)
+    monkeypatch.setattr(openvino_decoder, "convert_decoders", convert_decoders)
     return calls
 
 
@@ -61,12 +69,14 @@ def test_bundle_models_are_found_by_the_frozen_app(
     ir = convert_models.convert_models(out)
     key = openvino_backend.model_key(sha256_of(default_checkpoint_path()))
     assert ir == out / key / openvino_backend.IR_NAME
-    assert sorted(p.name for p in out.iterdir()) == [key]
-    assert fake_convert == [out / key]
+    decoders = [p.name for p in out.iterdir() if p.name.startswith("decoders-")]
+    assert len(decoders) == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([key, decoders[0]])
+    assert sorted(fake_convert) == sorted([out / key, out / decoders[0]])
 
-    # a second build keeps the IR that is there
+    # a second build keeps the IRs that are there
     assert convert_models.convert_models(out) == ir
-    assert len(fake_convert) == 1
+    assert len(fake_convert) == 2
 
     # the frozen app, with an empty user cache, takes the bundle's IR and converts nothing
     monkeypatch.setattr(sys, "frozen", True, raising=False)
@@ -90,5 +100,5 @@ def test_an_incomplete_ir_is_converted_again(tmp_path: Path, fake_convert: list[
     half_done.mkdir()
     (half_done / openvino_backend.IR_NAME).write_text("<net/>")  # no .bin
     ir = convert_models.convert_models(tmp_path)
-    assert fake_convert == [half_done]
+    assert fake_convert[-1] == half_done
     assert ir.with_suffix(".bin").is_file()
