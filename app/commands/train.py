@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             heads=args.init_heads or "none",
             checkpoint=args.checkpoint,
             aggregation=args.aggregation,
+            fast_decoders=False,  # training changes the heads: converted decoders would not fit
             **engine_kwargs(args),
         )
     except RuntimeError as exc:  # WeightsError, HeadsError, BackendError
