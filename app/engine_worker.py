@@ -1,7 +1,7 @@
 # ruff: noqa: N815  (Qt names signals in camelCase)
 """The segmentation engine on its own thread, so the window never waits for torch.
 
-``EngineClient`` lives in the UI thread; it owns a ``QThread`` running an ``EngineWorker`` that
+``EngineClient`` lives in the UI thread; it owns a thread running an ``EngineWorker`` that
 loads the model (in the background at start-up, reporting its stages) and answers prompts. Only
 the newest pending prompt runs: a prompt submitted while another is being segmented replaces any
 prompt still waiting, so a burst of clicks costs one extra segmentation, not one per click.
@@ -17,17 +17,23 @@ moved): the steps not yet started are never run.
 
 ``reload(options)`` loads the model again with another encoder backend or precision; when that
 fails the model already loaded stays in use (``reloadFailed``).
+
+The engine thread is a Python thread taking commands from a queue, not a ``QThread``: PySide gives a
+QThread's slot calls a temporary Python thread state each, and deleting one after OpenVINO ran in
+it crashes the interpreter (PySide 6.11, OpenVINO 2026.4, Python 3.11). The worker's signals,
+emitted in the engine thread, reach the UI thread's slots queued, as Qt does across threads.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Signal
 
 ProgressFn = Callable[[str, int, int], None]  # (what, step, steps)
 
@@ -140,12 +146,12 @@ def describe_error(exc: BaseException) -> str:
 
 
 class EngineWorker(QObject):
-    """Runs in the engine thread. Do not call its slots directly from the UI thread."""
+    """Runs in the engine thread (its methods are called there); its signals go to the UI."""
 
     loadProgress = Signal(str, int, int)
-    loaded = Signal(str)  # what runs the encoder (describe_backend)
+    loaded = Signal(str, object)  # what runs the encoder (describe_backend), EngineOptions
     loadFailed = Signal(str)
-    reloadFailed = Signal(str)  # the model loaded before stays in use
+    reloadFailed = Signal(str, object)  # message, the options that failed; the old model stays
     busy = Signal(int, str)  # request id, what it is doing ("Encoding field", "Decoding", ...)
     finished = Signal(int, object)  # request id, SegmentResult
     failed = Signal(int, str)  # request id, message for the user
@@ -172,7 +178,6 @@ class EngineWorker(QObject):
         # the field of the pre-encode request in progress, so its LR step encodes the same one
         self._preencode_field: tuple[int, Any] | None = None
 
-    @Slot(object)
     def load(self, options: EngineOptions) -> None:
         try:
             predictor = self._factory(self.loadProgress.emit, options)
@@ -181,17 +186,16 @@ class EngineWorker(QObject):
                 traceback.print_exc()
             message = describe_error(exc)
             if self._predictor is not None:
-                self.reloadFailed.emit(message)
+                self.reloadFailed.emit(message, options)
             else:
                 self.loadFailed.emit(message)
             self.process()  # prompts that waited for the reload run on the model kept
             return
         self._predictor = predictor  # the previous model (and its field cache) goes
         self._preencode_field = None
-        self.loaded.emit(describe_backend(predictor))
+        self.loaded.emit(describe_backend(predictor), options)
         self.process()  # prompts that arrived while the model was loading
 
-    @Slot()
     def process(self) -> None:
         """Run what is waiting: every prompt before any pre-encode step, one step at a time."""
         if self._predictor is None:
@@ -206,7 +210,6 @@ class EngineWorker(QObject):
                 return
             self._preencode(*step)
 
-    @Slot()
     def clear_cache(self) -> None:
         """Forget every encoded field (the next prompt anywhere encodes again)."""
         clear = getattr(self._predictor, "clear_cache", None)
@@ -266,13 +269,11 @@ class EngineWorker(QObject):
         self._preencode_done(request, part, complete)
         self.preencoded.emit(request.request_id, part, encoded)
 
-    @Slot(str)
     def forget_slide(self, path: str) -> None:
         slide = self._slides.pop(path, None)
         if slide is not None and hasattr(slide, "close"):
             slide.close()
 
-    @Slot()
     def close_all(self) -> None:
         for path in list(self._slides):
             self.forget_slide(path)
@@ -314,12 +315,6 @@ class EngineClient(QObject):
     preencoded = Signal(int, str, bool)  # request id, "hr" | "lr", whether it encoded anything
     idle = Signal()  # nothing running, nothing waiting
 
-    # to the worker (queued across threads)
-    _wake = Signal()
-    _load = Signal(object)
-    _forget = Signal(str)
-    _clear = Signal()
-
     def __init__(
         self,
         predictor_factory: PredictorFactory | None = None,
@@ -338,6 +333,7 @@ class EngineClient(QObject):
         self._next_id = 0
         self._running_id: int | None = None
         self._state = "not started"  # "loading" | "ready" | "failed"
+        self._loads_queued = 0  # loads asked of the worker and not answered yet
         self._options = options or EngineOptions()
         self._loaded_options: EngineOptions | None = None
         self._backend_label = ""
@@ -349,8 +345,9 @@ class EngineClient(QObject):
             factory = lambda progress, _options: plain(progress)  # noqa: E731
         else:
             factory = load_default_predictor
-        self._thread = QThread()
-        self._thread.setObjectName("wsi-sam-engine")
+        # (method name, arguments) for the worker; None ends the thread
+        self._commands: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="wsi-sam-engine", daemon=True)
         self._worker = EngineWorker(
             self._take_request,
             self._mark_done,
@@ -359,12 +356,6 @@ class EngineClient(QObject):
             self._take_preencode_step,
             self._preencode_step_done,
         )
-        self._worker.moveToThread(self._thread)
-        self._thread.finished.connect(self._worker.deleteLater)
-        self._wake.connect(self._worker.process)
-        self._load.connect(self._worker.load)
-        self._forget.connect(self._worker.forget_slide)
-        self._clear.connect(self._worker.clear_cache)
         self._worker.loadProgress.connect(self.loadProgress)
         self._worker.loaded.connect(self._on_loaded)
         self._worker.loadFailed.connect(self._on_load_failed)
@@ -381,7 +372,8 @@ class EngineClient(QObject):
             return
         self._state = "loading"
         self._thread.start()
-        self._load.emit(self._options)
+        self._loads_queued += 1
+        self._send("load", self._options)
 
     def state(self) -> str:
         return self._state
@@ -407,19 +399,21 @@ class EngineClient(QObject):
         if self._state == "not started":
             return
         self._state = "loading"  # prompts wait for the new model (or the old one, if it fails)
-        self._load.emit(options)
+        self._loads_queued += 1
+        self._send("load", options)
 
     def clear_cache(self) -> None:
         """Forget the encoded fields, e.g. to measure a prompt on a cold field."""
-        self._clear.emit()
+        self._send("clear_cache")
 
     def shutdown(self, wait_ms: int = 60_000) -> None:
         with self._lock:
             self._pending = None
             self._preencode = None
-        if self._thread.isRunning():
-            self._thread.quit()
-            self._thread.wait(wait_ms)
+        if self._thread.is_alive():
+            self._commands.put(None)
+            # a patch being encoded finishes first; a daemon thread never holds up the exit
+            self._thread.join(wait_ms / 1000)
 
     # -- prompts ---------------------------------------------------------------------------
     def new_request_id(self) -> int:
@@ -430,7 +424,7 @@ class EngineClient(QObject):
         """Queue ``request``; any request still waiting is dropped (it is stale now)."""
         with self._lock:
             self._pending = request
-        self._wake.emit()
+        self._send("process")
         return request.request_id
 
     def cancel_pending(self) -> None:
@@ -448,7 +442,7 @@ class EngineClient(QObject):
             )
 
     def forget_slide(self, path: str) -> None:
-        self._forget.emit(path)
+        self._send("forget_slide", path)
 
     # -- pre-encoding ----------------------------------------------------------------------
     def request_preencode(self, request: PreencodeRequest) -> int:
@@ -456,7 +450,7 @@ class EngineClient(QObject):
         with self._lock:
             self._preencode = request
             self._preencode_parts = list(request.parts())
-        self._wake.emit()
+        self._send("process")
         return request.request_id
 
     def cancel_preencode(self) -> None:
@@ -469,6 +463,23 @@ class EngineClient(QObject):
         """The pre-encode request that still has steps to run (or runs one now)."""
         with self._lock:
             return self._preencode
+
+    def _send(self, method: str, *args: Any) -> None:
+        self._commands.put((method, args))
+
+    def _run(self) -> None:
+        """The engine thread: run the worker's commands in order until told to stop."""
+        worker = self._worker
+        while True:
+            command = self._commands.get()
+            if command is None:
+                worker.close_all()
+                return
+            method, args = command
+            try:
+                getattr(worker, method)(*args)
+            except Exception:  # the worker reports its own errors; keep the thread alive
+                traceback.print_exc()
 
     def _take_request(self) -> SegmentRequest | None:
         # called in the worker thread
@@ -498,21 +509,26 @@ class EngineClient(QObject):
                 self._preencode_parts = []
 
     # -- from the worker -------------------------------------------------------------------
-    def _on_loaded(self, backend_label: str) -> None:
-        self._state = "ready"
+    def _load_answered(self, state: str) -> None:
+        self._loads_queued = max(0, self._loads_queued - 1)
+        # with another load queued behind this one, the engine is still loading
+        self._state = state if self._loads_queued == 0 else "loading"
+
+    def _on_loaded(self, backend_label: str, options: EngineOptions) -> None:
+        self._load_answered("ready")
         self._backend_label = backend_label
-        self._loaded_options = self._options
+        self._loaded_options = options
         self.loaded.emit()
         self._maybe_idle()
 
     def _on_load_failed(self, message: str) -> None:
-        self._state = "failed"
+        self._load_answered("failed")
         self.loadFailed.emit(message)
 
-    def _on_reload_failed(self, message: str) -> None:
-        self._state = "ready"
-        if self._loaded_options is not None:
-            self._options = self._loaded_options
+    def _on_reload_failed(self, message: str, options: EngineOptions) -> None:
+        self._load_answered("ready")
+        if options == self._options and self._loaded_options is not None:
+            self._options = self._loaded_options  # nothing newer asked for: back to the kept one
         self.reloadFailed.emit(message)
         self._maybe_idle()
 

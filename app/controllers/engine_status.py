@@ -125,12 +125,14 @@ class EngineController(QObject):
         window.engine_progress.show()
 
     def _on_loaded(self) -> None:
-        options = self._engine.options()
-        save_engine_preference(options.backend, options.precision)
-        self._show_choice(options)
+        loaded = self._engine.loaded_options()
+        if loaded is not None:
+            save_engine_preference(loaded.backend, loaded.precision)
+        self._show_choice(self._engine.options())  # the latest choice (it may still be loading)
         self.backend_label.setText(self._engine.backend_label())
-        self._window.engine_label.setText(READY)
-        self._window.engine_progress.hide()
+        if self._engine.is_ready():
+            self._window.engine_label.setText(READY)
+            self._window.engine_progress.hide()
 
     def _on_load_failed(self, message: str) -> None:
         window = self._window
@@ -150,8 +152,9 @@ class EngineController(QObject):
 
     def _on_reload_failed(self, message: str) -> None:
         self._show_choice(self._engine.options())  # the options of the model kept
-        self._window.engine_progress.hide()
-        self._window.engine_label.setText(READY)
+        if self._engine.is_ready():
+            self._window.engine_progress.hide()
+            self._window.engine_label.setText(READY)
         self._window.prompter.error("The chosen backend cannot be used", message)
 
     def _on_busy(self, _request_id: int, what: str) -> None:
