@@ -35,7 +35,7 @@ def encoder_fingerprint(model: WsiSam) -> str:
     params = list(model.sam.image_encoder.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
         digest.update(p.detach().float().cpu().numpy().tobytes())
-    backend = model.sam.encoder_backend
+    backend = getattr(model.sam, "encoder_backend", None)
     precision = getattr(backend, "precision", "f32") if backend is not None else "f32"
     if precision != "f32":
         digest.update(precision.encode())
