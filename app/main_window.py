@@ -165,6 +165,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.engine_status = EngineController(self)  # Model menu, engine texts in the status bar
         self.preencode = PreencodeController(self)  # encodes the view centre before a prompt
+        self._build_many_object_tools()  # refine, segment everything, cleanup, provenance
         self.set_tool("box")
         self._update_title()
         self._update_zoom_label()
@@ -300,7 +301,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
 
-        edit_menu = menu.addMenu("&Edit")
+        edit_menu = self.edit_menu = menu.addMenu("&Edit")
         for action in (self.act_undo, self.act_redo):
             edit_menu.addAction(action)
         edit_menu.addSeparator()
@@ -387,6 +388,36 @@ class MainWindow(QMainWindow):
         self.classes.currentChanged.connect(self._show_current_class)
         self.class_combo.currentIndexChanged.connect(self._on_class_combo)
         self.project_dock.imageActivated.connect(self.open_project_image)
+
+    def _build_many_object_tools(self) -> None:
+        from app.controllers.engine_jobs import EngineJobs, PendingResults
+        from app.controllers.everything import EverythingController
+        from app.controllers.provenance import AcceptedMaskProvenance
+        from app.controllers.refine import RefineController
+        from app.dialogs.cleanup_settings import CleanupDialog, save_cleanup, saved_cleanup
+
+        self.jobs, self.pending = EngineJobs(self), PendingResults(self)
+        self.refiner, self.everything = RefineController(self), EverythingController(self)
+        self.mask_provenance = AcceptedMaskProvenance(self)
+
+        def cleanup_dialog() -> None:
+            def applied(settings: Any) -> None:
+                save_cleanup(settings)
+                self.pending.refresh()
+
+            has_mpp = getattr(self.slide, "mpp", None) is not None
+            dialog = CleanupDialog(saved_cleanup(), has_mpp, applied, self)
+            if dialog.exec():
+                applied(dialog.settings())
+
+        self.edit_menu.addSeparator()
+        self.act_refine = self._action("&Refine with WSI-SAM", self.refiner.refine_selected, ["R"])
+        self.act_everything = self._action(
+            "Segment &everything in region…", self.everything.run, ["Ctrl+Shift+A"]
+        )
+        self.act_cleanup = self._action("Clean&up on accept…", cleanup_dialog)
+        for action in (self.act_refine, self.act_everything, self.act_cleanup):
+            self.edit_menu.addAction(action)
 
     # ======================================================================================
     # opening
@@ -735,11 +766,13 @@ class MainWindow(QMainWindow):
         self.mode_combo.setCurrentIndex(index)
 
     def accept_prompt(self) -> None:
-        if self.slide_path is None:
+        if self.slide_path is None or self.pending.accept():
             return
         self.prompts.accept()
 
     def discard_prompt(self) -> None:
+        if self.pending.discard():
+            return
         if self.prompts.prompt().is_empty() and self.annotation_dock.selected_ids():
             self.annotation_dock.select_ids([])
             return
@@ -752,6 +785,7 @@ class MainWindow(QMainWindow):
         annotation = qupath_bridge.Annotation(
             geometry=geometry, path_class=entry.to_path_class() if entry is not None else None
         )
+        annotation = self.mask_provenance.finish(annotation, _score)  # cleanup, provenance
         self.undo_stack.push(AddAnnotationCommand(self.store, annotation))
         self.annotationAccepted.emit(annotation.id)
 
@@ -1008,6 +1042,7 @@ class MainWindow(QMainWindow):
         self.prompts.discard()
         if self._recorder is not None:
             self._recorder.detach()
+        self.jobs.shutdown()
         self.engine.shutdown()
         self.view.set_slide(None)
         if self.slide is not None and hasattr(self.slide, "close"):
