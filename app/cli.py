@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from app import __version__
 
 # subcommand modules under app.commands, in the order --help lists them
-COMMANDS = ["gui", "segment", "train", "eval", "project", "batch"]
+COMMANDS = ["gui", "segment", "train", "eval", "project", "batch", "heads"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -228,6 +228,16 @@ class WsiSamHead(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
+    def fuse(self, features: PatchFeatures, upscaled: torch.Tensor) -> torch.Tensor:
+        """The fused features (B, 32, 256, 256) from the encoder outputs and SAM's upscaled
+        mask features (B, 32, 256, 256)."""
+        fused: torch.Tensor = (
+            self.embedding_maskfeature(upscaled)
+            + self.embedding_encoder(features.embedding)
+            + self.compress_vit_feat(features.early)
+        )
+        return fused
+
     def forward(
         self,
         sam: Sam,
@@ -256,11 +266,7 @@ class WsiSamHead(nn.Module):
         )
         assert token_out is not None
         token = self.token_mlp(token_out[:, 0, :])
-        fused = (
-            self.embedding_maskfeature(upscaled)
-            + self.embedding_encoder(features.embedding)
-            + self.compress_vit_feat(features.early)
-        )
+        fused = self.fuse(features, upscaled)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return HeadOutput(token, fused, sam_masks[:, chosen], sam_iou[:, chosen])
 
@@ -376,12 +382,67 @@ class WsiSam(nn.Module):
     ) -> WsiSamOutput:
         """Masks on the HR and LR patches of a batch of fields.
 
+        The training path: both heads get gradients. SAM's plain HR and LR runs (the residuals)
+        run without autograd (SAM is frozen and nothing learnable feeds them), and the HR and
+        LR token runs share one decoder call, with each batch item carrying its own head's
+        token. Equal to running each :class:`WsiSamHead` on its own resolution
+        (:meth:`forward_per_head`), in three decoder calls instead of four.
+
         Args:
             hr: features of the HR (10x) patches, batch B.
             lr: features of the concentric LR (5x) patches, batch B.
             prompts: HR-patch prompts (the LR head gets ``prompts.to_lr()``).
             multimask_output: use SAM's three multimask outputs as residuals (C = 3).
         """
+        hr_sparse, hr_dense = self._embed_prompts(prompts)
+        lr_sparse, lr_dense = self._embed_prompts(prompts.to_lr())
+        batch = hr_sparse.shape[0]
+        decoder = self.sam.mask_decoder
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        embeddings = torch.cat(
+            [hr.embedding.expand(batch, -1, -1, -1), lr.embedding.expand(batch, -1, -1, -1)]
+        )
+        sparse = torch.cat([hr_sparse, lr_sparse])
+        dense = torch.cat([hr_dense, lr_dense])
+        with torch.no_grad():  # SAM's own answers: frozen, no autograd needed
+            # one call per resolution, batch B as sam_forward runs them, so that fresh heads
+            # give exactly SAM's logits (a batch of 2B picks other kernels: ~1e-5 apart)
+            sam_hr_all, sam_iou = self.decode_sam(hr.embedding, hr_sparse, hr_dense)
+            sam_lr_all, _ = self.decode_sam(lr.embedding, lr_sparse, lr_dense)
+        extra = torch.cat(
+            [
+                self.hr_head.token.weight.expand(batch, 1, -1),
+                self.lr_head.token.weight.expand(batch, 1, -1),
+            ]
+        )
+        tokens, image_features = decoder.run_transformer(
+            embeddings, image_pe, sparse, dense, extra_tokens=extra
+        )
+        head_tokens = tokens[:, 1 + decoder.num_mask_tokens, :]
+        upscaled = decoder.upscale(image_features)
+        hr_token = self.hr_head.token_mlp(head_tokens[:batch])
+        lr_token = self.lr_head.token_mlp(head_tokens[batch:])
+        hr_fused = self.hr_head.fuse(hr, upscaled[:batch])
+        lr_fused = self.lr_head.fuse(lr, upscaled[batch:])
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        sam_hr, sam_lr = sam_hr_all[:, chosen], sam_lr_all[:, chosen]
+        token = self.merge_tokens(hr_token, lr_token)
+        return WsiSamOutput(
+            hr_logits=self._apply_token(token, hr_fused, sam_hr),
+            lr_logits=self._apply_token(token, lr_fused, sam_lr),
+            sam_hr_logits=sam_hr,
+            sam_lr_logits=sam_lr,
+            iou_predictions=sam_iou[:, chosen],
+        )
+
+    def forward_per_head(
+        self,
+        hr: PatchFeatures,
+        lr: PatchFeatures,
+        prompts: Prompts,
+        multimask_output: bool = False,
+    ) -> WsiSamOutput:
+        """:meth:`forward` computed head by head (four decoder calls): the reference it equals."""
         hr_sparse, hr_dense = self._embed_prompts(prompts)
         lr_sparse, lr_dense = self._embed_prompts(prompts.to_lr())
         hr_out = self.hr_head(self.sam, hr, hr_sparse, hr_dense, multimask_output)
@@ -618,12 +679,15 @@ def load_wsi_sam(
     backend: str = "auto",
     precision: str = "auto",
     fast_decoders: bool = True,
+    project: str | Path | None = None,
 ) -> WsiSam:
     """Build WSI-SAM on the MobileSAM weights and load its heads.
 
     Args:
-        heads: a heads checkpoint; None loads the shipped default heads when they are installed
-            (fresh heads, which reproduce SAM, otherwise); ``"none"`` forces fresh heads.
+        heads: a heads checkpoint, or the name of one in the heads catalogue
+            (:mod:`engine.heads_catalogue`); None loads the shipped default heads when they are
+            installed (fresh heads, which reproduce SAM, otherwise); ``"none"`` forces fresh
+            heads.
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
         checkpoint: a MobileSAM checkpoint instead of the packaged ``mobile_sam.pt``.
         aggregation: override the heads' token aggregation (``"mean"`` or ``"sum"``).
@@ -632,6 +696,7 @@ def load_wsi_sam(
         fast_decoders: with the OpenVINO encoder, also decode prompts on OpenVINO
             (:meth:`WsiSam.enable_fast_decoders`); False keeps the decoders in torch (training
             does, as it changes the heads).
+        project: a QuPath project whose ``wsi-sam/heads/`` folder a heads name may refer to.
     """
     from engine.weights import load_sam
 
@@ -645,7 +710,10 @@ def load_wsi_sam(
             logger.warning("no default WSI-SAM heads at %s: using fresh heads (= SAM)", default)
             model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
     elif str(heads).lower() != "none":
-        model.load_heads(heads, aggregation=aggregation)
+        from engine.heads_catalogue import resolve_heads
+
+        # a catalogue name ("wsi-sam heads list") as well as a path
+        model.load_heads(resolve_heads(heads, project=project) or heads, aggregation=aggregation)
     else:
         model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
     model.eval()

@@ -147,6 +147,12 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--train-precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="precision of the training step (bf16 autocast where the CPU has it natively)",
+    )
     args = parser.parse_args()
 
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
@@ -197,6 +203,7 @@ def main() -> int:
                 lr_drop_epoch=drop,
                 seed=0,
                 trained_on=args.dataset,
+                precision=args.train_precision,
                 **SETTINGS[name],
             )
             run_dir = args.out / name / split

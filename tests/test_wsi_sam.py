@@ -113,6 +113,42 @@ def test_inference_path_equals_forward_with_trained_heads(
     torch.testing.assert_close(fast_iou, out.iou_predictions)
 
 
+@pytest.mark.parametrize("multimask", [False, True])
+def test_batched_forward_equals_the_per_head_computation(
+    fresh_wsi_sam: WsiSam, field_features: tuple[PatchFeatures, PatchFeatures], multimask: bool
+) -> None:
+    """forward (HR+LR runs batched, residuals without autograd) = head by head, outputs and
+    gradients, on a batch of two different fields (HR and LR swapped) with random heads."""
+    hr, lr = field_features
+    hr2, lr2 = PatchFeatures.cat([hr, lr]), PatchFeatures.cat([lr, hr])
+    prompts = Prompts(
+        boxes=torch.tensor([[400.0, 420.0, 640.0, 600.0], [200, 250, 800, 700]]),
+        points=torch.tensor([[[512.0, 512.0], [450, 470]], [[500, 480], [310, 320]]]),
+        labels=torch.tensor([[1, 1], [1, 0]]),
+        masks=torch.randn(2, 1, 256, 256),
+    )
+    grads = []
+    outs = []
+    for method in ("forward", "forward_per_head"):
+        model = copy.deepcopy(fresh_wsi_sam).train()
+        torch.manual_seed(3)
+        for p in model.trainable_parameters():
+            p.data.normal_(0, 0.02)
+        out = getattr(model, method)(hr2, lr2, prompts, multimask_output=multimask)
+        (out.hr_logits.sigmoid().mean() + 0.5 * out.lr_logits.sigmoid().mean()).backward()
+        grads.append([p.grad for p in model.trainable_parameters()])
+        outs.append(out)
+    batched, reference = outs
+    assert not torch.allclose(reference.hr_logits, reference.sam_hr_logits, atol=1e-3)
+    for name in ("hr_logits", "lr_logits", "sam_hr_logits", "sam_lr_logits", "iou_predictions"):
+        got, want = getattr(batched, name), getattr(reference, name)
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=name)
+    assert all(g is not None for g in grads[0])
+    for got_grad, want_grad in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-3, atol=1e-6)
+
+
 def test_trained_heads_change_the_output_and_aggregation_matters(
     fresh_wsi_sam: WsiSam, field_features: tuple[PatchFeatures, PatchFeatures]
 ) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from engine._files import atomic_write_bytes
+from engine.backends import autocast
 from engine.train.augment import Augmentation, augmentation_variants
 from engine.train.data import ObjectSample, SlidePool, describe_samples, target_masks
 from engine.train.features import FeatureCache
@@ -48,6 +49,12 @@ TRAIN_STATE_FORMAT = "wsi-sam-train-state/1"
 PROMPT_KINDS = ("box", "points", "mask")
 PROMPT_MIXINGS = ("batch", "object")
 LR_DROP_FACTOR = 0.1
+TRAIN_PRECISIONS = ("f32", "bf16")
+
+#: what ``on_progress`` receives: a plain dict, e.g. {"stage": "encode", "done": 3, "total": 9},
+#: {"stage": "step", "epoch": 1, "epochs": 2, "step": 4, "steps": 5, "loss": 0.41} or
+#: {"stage": "epoch", "epoch": 1, "epochs": 2, "loss": 0.38, "seconds": 12.5}
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -70,6 +77,9 @@ class TrainConfig:
     trained_on: str = ""
     # Step decay as in HQ-SAM's training code: lr x LR_DROP_FACTOR from this epoch on (1-based).
     lr_drop_epoch: int | None = None
+    # Precision of the heads' forward pass: "f32", or "bf16" (autocast; the loss, the weights and
+    # the optimiser stay f32). bf16 pays only where the CPU computes it natively.
+    precision: str = "f32"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -85,6 +95,10 @@ class TrainConfig:
         unknown = set(self.prompt_kinds) - set(PROMPT_KINDS)
         if unknown or not self.prompt_kinds:
             raise ValueError(f"prompt kinds must be among {PROMPT_KINDS}, got {self.prompt_kinds}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(
+                f"training precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}"
+            )
         if self.prompt_mixing not in PROMPT_MIXINGS:
             raise ValueError(
                 f"prompt mixing must be one of {PROMPT_MIXINGS}, got {self.prompt_mixing!r}"
@@ -127,6 +141,7 @@ def prepare_items(
     seed: int,
     pool: SlidePool,
     progress: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> list[list[TrainItem]]:
     """Encode every sample under the identity and ``variants`` random augmentations.
 
@@ -152,6 +167,8 @@ def prepare_items(
                 )
             )
         prepared.append(items)
+        if on_progress is not None:
+            on_progress({"stage": "encode", "done": index + 1, "total": len(samples)})
     return prepared
 
 
@@ -262,11 +279,13 @@ def _mixed_prompt_forward(
     kinds: Sequence[str],
     rng: np.random.Generator,
     max_points: int,
+    precision: str = "f32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """HR and LR logits (B, 1, 256, 256) of a batch whose objects may have different prompt kinds.
 
     SAM's prompt encoder takes one prompt layout per call, so each kind runs as its own
-    sub-batch; the logits come back in the batch's order.
+    sub-batch; the logits come back in the batch's order, in f32 (``precision`` "bf16" runs the
+    forward pass under autocast).
     """
     device = model.device
     order: list[int] = []
@@ -274,10 +293,11 @@ def _mixed_prompt_forward(
     for kind in dict.fromkeys(kinds):  # first-seen order, so the random draws are repeatable
         index = [i for i, k in enumerate(kinds) if k == kind]
         prompts = simulate_training_prompts([hr_masks[i] for i in index], kind, rng, max_points)
-        output = model(hr[index], lr[index], prompts.to(device))
+        with autocast(device, precision):
+            output = model(hr[index], lr[index], prompts.to(device))
         order += index
-        hr_logits.append(output.hr_logits)
-        lr_logits.append(output.lr_logits)
+        hr_logits.append(output.hr_logits.float())
+        lr_logits.append(output.lr_logits.float())
     restore = torch.argsort(torch.tensor(order, device=device))
     return torch.cat(hr_logits)[restore], torch.cat(lr_logits)[restore]
 
@@ -302,6 +322,8 @@ def train_heads(
     progress: bool = True,
     pool: SlidePool | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train the heads of ``model`` on ``samples`` and write the heads checkpoint ``out``.
 
@@ -316,6 +338,9 @@ def train_heads(
         log_path: JSON-lines log of the losses (default ``out`` with suffix ``.log.jsonl``).
         resume: continue from ``state_path`` (its settings must match ``config``'s epochs or
             fewer completed epochs).
+        on_epoch: called with (epoch, mean loss) after each epoch's state is written.
+        on_progress: called with plain-data progress records (:data:`ProgressCallback`).
+        extra_metadata: more metadata for the heads checkpoint (e.g. the classes).
     """
     from tqdm import tqdm
 
@@ -334,7 +359,7 @@ def train_heads(
     calls_before = cache.encoder_calls
     try:
         prepared = prepare_items(
-            samples, cache, config.augment_variants, config.seed, pool, progress
+            samples, cache, config.augment_variants, config.seed, pool, progress, on_progress
         )
     finally:
         if own_pool:
@@ -377,7 +402,14 @@ def train_heads(
                 lr_targets = torch.from_numpy(np.stack([area_downsample(m[1]) for m in masks]))
                 hr, lr = _batch_features(cache, items, device)
                 hr_logits, lr_logits = _mixed_prompt_forward(
-                    model, hr, lr, [m[0] for m in masks], kinds, rng, config.max_points
+                    model,
+                    hr,
+                    lr,
+                    [m[0] for m in masks],
+                    kinds,
+                    rng,
+                    config.max_points,
+                    config.precision,
                 )
                 kind = kinds[0] if len(set(kinds)) == 1 else "mixed"
                 terms = wsi_sam_loss(
@@ -403,6 +435,17 @@ def train_heads(
                 losses.append(loss)
                 result.step_losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}", prompt=kind)
+                if on_progress is not None:
+                    on_progress(
+                        {
+                            "stage": "step",
+                            "epoch": epoch + 1,
+                            "epochs": config.epochs,
+                            "step": step + 1,
+                            "steps": len(batches),
+                            "loss": loss,
+                        }
+                    )
                 log.write(
                     json.dumps(
                         {
@@ -428,6 +471,16 @@ def train_heads(
             save_train_state(state_path, model, optimiser, epoch + 1, rng, config, result)
             if on_epoch is not None:
                 on_epoch(epoch + 1, mean_loss)
+            if on_progress is not None:
+                on_progress(
+                    {
+                        "stage": "epoch",
+                        "epoch": epoch + 1,
+                        "epochs": config.epochs,
+                        "loss": mean_loss,
+                        "seconds": seconds,
+                    }
+                )
     model.eval()
     result.encoder_calls = cache.encoder_calls - calls_before
 
@@ -442,5 +495,6 @@ def train_heads(
         epoch_losses=list(result.epoch_losses),
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
+        **(extra_metadata or {}),
     )
     return result

@@ -1,0 +1,103 @@
+"""One WSI-SAM training step (forward + loss + backward + AdamW on cached features), per object,
+under the variants of the forward pass, interleaved so that background load hits all alike.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--batch-sizes 4,8] [--rounds 5] [--profile]
+
+Variants: ``per-head`` (each head runs SAM's decoder twice: four decoder calls, the forward
+before the batched one), ``batched`` (``WsiSam.forward``: SAM's residual runs HR+LR in one call
+without autograd, the token runs HR+LR in a second), and ``batched-bf16`` (the same under CPU
+bf16 autocast; only where the CPU has native bf16). Prints the median seconds per object of
+each, and with ``--profile`` the top operators of one batched step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", default="4")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--variants", default="per-head,batched,batched-bf16")
+    args = parser.parse_args()
+
+    from engine.backends import autocast, cpu_supports_bf16
+    from engine.train.loss import wsi_sam_loss
+    from engine.wsi_sam import PatchFeatures, Prompts, WsiSamOutput, load_wsi_sam
+
+    base = load_wsi_sam(heads="none", device="cpu", fast_decoders=False)
+    torch.manual_seed(0)
+    for p in base.trainable_parameters():
+        p.data.normal_(0, 0.02)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if "batched-bf16" in variants and not cpu_supports_bf16():
+        print("no native bf16 on this CPU: batched-bf16 left out")
+        variants.remove("batched-bf16")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; variants {variants}")
+
+    for b in [int(x) for x in args.batch_sizes.split(",")]:
+        hr = PatchFeatures(torch.randn(b, 256, 64, 64), torch.randn(b, 160, 64, 64))
+        lr = PatchFeatures(torch.randn(b, 256, 64, 64), torch.randn(b, 160, 64, 64))
+        prompts = Prompts(boxes=torch.tensor([[400.0, 380, 620, 640]] * b))
+        targets = (torch.rand(b, 1, 256, 256) > 0.5).float()
+        steps: dict[str, Callable[[], None]] = {}
+        for name in variants:
+            model = copy.deepcopy(base).train()
+            optimiser = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+            forward = model.forward_per_head if name == "per-head" else model.forward
+            precision = "bf16" if name.endswith("bf16") else "f32"
+
+            def step(
+                optimiser: torch.optim.Optimizer = optimiser,
+                forward: Callable[..., WsiSamOutput] = forward,
+                precision: str = precision,
+                batch: tuple[PatchFeatures, PatchFeatures, Prompts, torch.Tensor] = (
+                    hr,
+                    lr,
+                    prompts,
+                    targets,
+                ),
+            ) -> None:
+                hr_b, lr_b, prompts_b, targets_b = batch
+                with autocast(torch.device("cpu"), precision):
+                    out = forward(hr_b, lr_b, prompts_b)
+                loss = wsi_sam_loss(
+                    out.hr_logits.float(), out.lr_logits.float(), targets_b, targets_b
+                ).total
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+
+            steps[name] = step
+            step()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[name].append((time.perf_counter() - t0) / b)
+        for name, values in times.items():
+            print(
+                f"batch {b:2d} {name:<14} {np.median(values):.3f} s per object "
+                f"(min {min(values):.3f})"
+            )
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            for name in [v for v in ("batched", "batched-bf16") if v in steps]:
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    steps[name]()
+                print(f"--- {name}, batch {b}")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+
+
+if __name__ == "__main__":
+    main()
