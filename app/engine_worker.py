@@ -269,6 +269,13 @@ class EngineWorker(QObject):
         self._preencode_done(request, part, complete)
         self.preencoded.emit(request.request_id, part, encoded)
 
+    def run_on_model(self, fn: Callable[[Any], None]) -> None:
+        """Run ``fn(predictor)`` here, in the engine thread (e.g. load other heads into the
+        model); without a model yet it is not run (the caller re-applies on ``loaded``)."""
+        if self._predictor is not None:
+            fn(self._predictor)
+        self.process()
+
     def forget_slide(self, path: str) -> None:
         slide = self._slides.pop(path, None)
         if slide is not None and hasattr(slide, "close"):
@@ -405,6 +412,10 @@ class EngineClient(QObject):
     def clear_cache(self) -> None:
         """Forget the encoded fields, e.g. to measure a prompt on a cold field."""
         self._send("clear_cache")
+
+    def run_on_model(self, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(predictor)`` in the engine thread, after the commands sent before it."""
+        self._send("run_on_model", fn)
 
     def shutdown(self, wait_ms: int = 60_000) -> None:
         with self._lock:

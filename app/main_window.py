@@ -165,6 +165,9 @@ class MainWindow(QMainWindow):
         self._connect()
         self.engine_status = EngineController(self)  # Model menu, engine texts in the status bar
         self.preencode = PreencodeController(self)  # encodes the view centre before a prompt
+        from app.controllers.heads import HeadsController
+
+        self.heads = HeadsController(self)  # Model > Heads, Tools > Train heads from this project
         self._build_many_object_tools()  # refine, segment everything, cleanup, provenance
         self.set_tool("box")
         self._update_title()

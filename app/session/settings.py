@@ -81,3 +81,25 @@ def save_engine_preference(backend: str, precision: str) -> None:
     settings.setValue("engine/backend", backend)
     settings.setValue("engine/precision", precision)
     settings.sync()
+
+
+def _project_key(project: str | None) -> str:
+    """A settings key for a project (its resolved path, hashed); "" for no project."""
+    if not project:
+        return "heads/no-project"
+    import hashlib
+
+    resolved = str(Path(project).expanduser().resolve())
+    return "heads/project-" + hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:16]
+
+
+def heads_choice(project: str | None) -> str | None:
+    """The heads chosen for ``project`` (a heads file path, or "sam" for plain SAM), or None."""
+    value = app_settings().value(_project_key(project), "")
+    return str(value) if value else None
+
+
+def save_heads_choice(project: str | None, choice: str) -> None:
+    settings = app_settings()
+    settings.setValue(_project_key(project), choice)
+    settings.sync()
