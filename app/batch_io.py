@@ -367,6 +367,7 @@ class BatchIO:
         ids = [a.id for a in annotations]
         target = job.target
         if target["kind"] in ("geojson", "qupath"):
+            Path(target["path"]).parent.mkdir(parents=True, exist_ok=True)
             write_geojson(Path(target["path"]), annotations)
             return file_sha256(target["path"]), ids
         if target["kind"] == "sidecar":

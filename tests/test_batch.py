@@ -284,6 +284,50 @@ def test_rerun_after_an_interruption_recomputes_only_unfinished_slides(
     assert [o.key for o in report.outcomes] == ["s2"]
 
 
+def test_a_killed_command_loses_only_slides_in_flight_and_resumes(
+    client: Any, tmp_path: Path
+) -> None:
+    """``kill`` (SIGTERM) of a real ``wsi-sam batch`` with its own local cluster, as soon as the
+    first slide is recorded; then the same command again (on the test cluster)."""
+    import subprocess
+    import sys
+
+    folder = make_slides(tmp_path / "slides", ["s1", "s2", "s3", "s4"])
+    out = tmp_path / "out"
+    args = ["batch", str(folder), "--out", str(out), "--prompts", "geojson", *CLI_ENGINE]
+    process = subprocess.Popen([sys.executable, "-m", "app", *args, "--workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "manifest.jsonl").is_file() and journal(out):
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    finished = {e["key"] for e in journal(out)}
+    rows = summary(out)
+    assert finished and len(finished) < 4
+    assert {k for k, r in rows.items() if r["status"] == "done"} == finished
+    assert {k for k, r in rows.items() if r["status"] == "pending"} == set(rows) - finished
+    for key in ("s1", "s2", "s3", "s4"):  # an output is there complete, or not at all
+        output = out / f"{key}.geojson"
+        if key in finished:
+            assert output.exists()
+        if output.exists():
+            assert len(read_geojson(output)) == len(PROMPTS[key])
+    assert main([*args, "--scheduler", client.scheduler.address]) == 0
+    rows = summary(out)
+    assert {k for k, r in rows.items() if r["status"] == "skipped"} == finished
+    assert {k for k, r in rows.items() if r["status"] == "done"} == set(rows) - finished
+
+
 def test_corrupt_slide_is_reported_and_the_others_finish(
     client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from app.commands.engine_options import add_engine_arguments
 from app.errors import UserError, check_writable_dir, positive_float, positive_int
@@ -103,6 +106,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> Any:
+    """``kill`` (SIGTERM) stops like Ctrl+C: tasks cancelled, summary written, cluster closed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _say(text: str) -> None:
     print(f"wsi-sam batch: {text}", file=sys.stderr, flush=True)
 
@@ -184,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
               "into the project's wsi-sam sidecars" if into_project else f"into {out_dir}")
     _say(f"{len(jobs)} slides ({found.kind}), {kind}, writing {target}; on {where}")
     started = time.perf_counter()
+    previous = _stop_on_sigterm()
     try:
         options = ClusterOptions(scheduler=args.scheduler, workers=workers,
                                  threads_per_worker=args.threads_per_worker)
@@ -197,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
                                retries=args.retries, progress=not args.no_progress,
                                finish=writer)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - started

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,15 +116,24 @@ def open_client(options: ClusterOptions) -> Iterator[Client]:
 
 
 def dashboard_link(client: Client) -> str | None:
-    """The dashboard's address when the scheduler serves one."""
+    """The dashboard's address when the scheduler serves one: the dashboard needs bokeh in the
+    scheduler's environment (without it the scheduler's HTTP server still answers, with no
+    dashboard), which is only known here for a scheduler in this environment."""
     try:
         services = client.scheduler_info().get("services", {})
     except Exception:  # an old or unusual scheduler: no link, not an error
         return None
     if "dashboard" not in services:
         return None
+    if importlib.util.find_spec("bokeh") is None and _local_scheduler(client):
+        return None
     link = client.dashboard_link
     return str(link) if link else None
+
+
+def _local_scheduler(client: Client) -> bool:
+    address = str(getattr(client.scheduler, "address", ""))
+    return address.startswith(("inproc://", "tcp://127.0.0.1", "tcp://localhost"))
 
 
 @dataclass
@@ -208,8 +218,9 @@ def run_batch(
 
     bar = _progress_bar(len(todo), progress)
     futures = {}
+    run = uuid.uuid4().hex[:8]  # a key of its own per run: never an earlier run's result
     for job in todo:
-        future = client.submit(task, job, key=f"wsi-sam-batch-{job.key}-{job.input_sha256[:12]}",
+        future = client.submit(task, job, key=f"wsi-sam-batch-{run}-{job.key}",
                                retries=retries, pure=False)
         futures[future] = job
     last_summary = time.monotonic()
