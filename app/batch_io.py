@@ -42,6 +42,11 @@ Outputs
     which the app shows and the next save with QuPath moves into the project. The manifest and
     ``summary.csv`` are in ``--out``, or ``<project>/wsi-sam/batch/``.
 
+The manifest's input fingerprint of a slide covers the slide file and its prompts file; for a
+project's own annotations it covers the image's ``data.qpdata``, not the ``wsi-sam`` sidecar
+(which the batch itself writes, and the app may edit afterwards: a complete image is not redone
+because of it).
+
 Object ids are stable: a prompt's object gets a UUID derived from the slide's key and the
 prompt's place in its file, a refined object keeps its own, so a rerun replaces what an earlier
 run wrote instead of adding copies.
