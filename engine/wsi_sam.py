@@ -701,7 +701,11 @@ def load_wsi_sam(
     from engine.weights import load_sam
 
     sam = load_sam(checkpoint=checkpoint, device=device, backend=backend, precision=precision)
-    model = WsiSam(sam, aggregation=aggregation or "mean")
+    # Fresh heads start from the same weights at every load (whatever the caller's random state),
+    # so that their converted decoders are found in the cache instead of converted again.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = WsiSam(sam, aggregation=aggregation or "mean")
     if heads is None:
         default = default_heads_path()
         if default.is_file():

@@ -269,3 +269,14 @@ def test_converted_decoders_never_answer_for_other_heads(ov_wsi_sam) -> None:  #
     assert clone.decoder_backend is None and clone.heads_version == version + 1
     torch_only = __import__("engine").load_wsi_sam(device="cpu", backend="torch")
     assert torch_only.decoder_backend is None
+
+
+def test_fresh_heads_load_the_same_every_time_so_converted_decoders_are_reused() -> None:
+    from engine.backends.openvino_decoder import heads_digest
+    from engine.wsi_sam import load_wsi_sam
+
+    torch.manual_seed(123)
+    first = load_wsi_sam(heads="none", device="cpu", backend="torch")
+    torch.manual_seed(456)
+    second = load_wsi_sam(heads="none", device="cpu", backend="torch")
+    assert heads_digest(first) == heads_digest(second)
