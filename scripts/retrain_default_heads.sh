@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Retrain the default WSI-SAM heads on the whole GlaS training split (85 images, 769 glands), by
+# the rule in engine/heads/RETRAIN_RULE.md. Every step is resumable: run the script again after an
+# interruption and it continues (feature cache entries, finished cross-validation runs and
+# completed epochs are kept). Hours on a 2-core CPU; nothing here looks at the test images
+# before step 4.
+#
+#   scripts/retrain_default_heads.sh [step ...]     steps: cache cv final eval (default: all)
+#   SMOKE=1 scripts/retrain_default_heads.sh        a tiny version (a few objects, 1 epoch)
+#
+# Environment: SHARED (default ../shared), OUT (default out/retrain), PY (default .venv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+OUT=${OUT:-out/retrain}
+PY=${PY:-.venv/bin/python}
+GLAS=$SHARED/datasets/GlaS_png__McGregorWwww_UDTransNet
+MONUSEG=${MONUSEG:-$(ls -d "$SHARED"/datasets/MoNuSeg*/Test_Folder 2>/dev/null | head -1)}
+CACHE=$OUT/feature_cache
+PREC=$($PY -c "from engine.backends import cpu_supports_bf16; print('bf16' if cpu_supports_bf16() else 'f32')")
+EPOCHS=20 EVERY=10 FOLDS=3 LIMIT=() CVTRAIN=(--train-images "$GLAS/Train_Folder/img" --train-masks "$GLAS/Train_Folder/labelcol")
+if [[ -n "${SMOKE:-}" ]]; then
+  OUT=$OUT-smoke CACHE=$OUT/feature_cache EPOCHS=2 EVERY=2 LIMIT=(--limit 6)
+  # a 2-image copy of the training split, so that cross-validation runs in minutes
+  mkdir -p "$OUT/train/img" "$OUT/train/labelcol"
+  for i in 1 2; do
+    cp -n "$GLAS/Train_Folder/img/$i.png" "$OUT/train/img/"
+    cp -n "$GLAS/Train_Folder/labelcol/$i.png" "$OUT/train/labelcol/"
+  done
+  CVTRAIN=(--train-images "$OUT/train/img" --train-masks "$OUT/train/labelcol") FOLDS=2
+fi
+DROP=$((EPOCHS * 3 / 4)); ((DROP < 2)) && DROP=2
+STEPS=("$@"); [[ ${#STEPS[@]} -eq 0 ]] && STEPS=(cache cv final eval)
+mkdir -p "$OUT"
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/retrain.log"; }
+TRAIN=(--images "$GLAS/Train_Folder/img" --masks "$GLAS/Train_Folder/labelcol"
+       --image-magnification 20 --dataset GlaS --seed 0 --device cpu --cache "$CACHE")
+
+for step in "${STEPS[@]}"; do
+  case $step in
+  cache)  # 1. encode every object x (original + 2 variants) once: ~4,600 patches (OpenVINO bf16)
+    log "feature cache -> $CACHE"
+    $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs 1 --quiet \
+      --train-precision "$PREC" --out "$OUT/warmup/heads.pt" | tee -a "$OUT/retrain.log" ;;
+  cv)     # 2. cross-validation by image over the training split (RETRAIN_RULE.md's candidates)
+    log "cross-validation -> $OUT/cv"
+    $PY scripts/select_heads.py "${CVTRAIN[@]}" --folds "$FOLDS" --image-magnification 20 \
+      --cache "$CACHE" --out "$OUT/cv" --settings paper,paper-object,paper-object-drop \
+      --epochs "$EPOCHS" --every "$EVERY" --drop-epoch "$DROP" \
+      --train-precision "$PREC" | tee -a "$OUT/retrain.log" ;;
+  final)  # 3. the chosen setting on all training images; SETTING=paper|paper-object|paper-object-drop
+    SETTING=${SETTING:?"set SETTING to the candidate the rule chose (RETRAIN_RULE.md)"}
+    EXTRA=()
+    [[ $SETTING == paper-object* ]] && EXTRA+=(--prompt-mixing object)
+    [[ $SETTING == *-drop ]] && EXTRA+=(--lr-drop-epoch "$DROP")
+    RESUME=(); [[ -f $OUT/final/heads.state.pt && ! -f $OUT/final/heads.pt ]] && RESUME=(--resume)
+    log "final training ($SETTING) -> $OUT/final/heads.pt"
+    $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs "$EPOCHS" \
+      --batch-size 4 --train-precision "$PREC" --quiet "${EXTRA[@]}" "${RESUME[@]}" \
+      --out "$OUT/final/heads.pt" | tee -a "$OUT/retrain.log" ;;
+  eval)   # 4. once, after the choice: GlaS test images and MoNuSeg, as the model card runs them
+    log "test evaluation -> $OUT/eval_glas, $OUT/eval_monuseg"
+    $PY -m app eval --images "$GLAS/Test_Folder/img" --masks "$GLAS/Test_Folder/labelcol" \
+      --image-magnification 20 --dataset GlaS --models sam,wsi-sam,medsam --prompts box,3,5,10 \
+      --seed 0 "${LIMIT[@]}" --heads "$OUT/final/heads.pt" --out "$OUT/eval_glas" \
+      | tee -a "$OUT/retrain.log"
+    if [[ -n $MONUSEG ]]; then
+      $PY -m app eval --images "$MONUSEG/img" --masks "$MONUSEG/labelcol" \
+        --image-magnification 40 --adaptive --limit 40 "${LIMIT[@]}" --dataset MoNuSeg \
+        --models sam,wsi-sam,medsam --prompts box,3,5,10 --seed 0 \
+        --heads "$OUT/final/heads.pt" --out "$OUT/eval_monuseg" | tee -a "$OUT/retrain.log"
+    fi ;;
+  *) echo "unknown step $step (cache cv final eval)" >&2; exit 2 ;;
+  esac
+done
+log "done: ${STEPS[*]}"
