@@ -347,22 +347,7 @@ class WsiSamPredictor:
 
         t0 = time.perf_counter()
         prompts = self._patch_prompts(chosen, prompt)
-        device = self.model.device
-        assert entry.hr is not None
-        hr = entry.hr.to(device)
-        with self.model.sam.decoder_autocast():
-            if mode == "wsi-sam":
-                assert entry.lr is not None
-                logits, iou = self.model.predict_hr(
-                    hr,
-                    entry.lr.to(device),
-                    prompts,
-                    multimask_output=multimask,
-                    hr_static=self._hr_static(entry, hr),
-                )
-            else:
-                logits, iou = self.model.sam_forward(hr, prompts, multimask_output=multimask)
-        logits, iou = logits.float(), iou.float()
+        logits, iou = self._decode(entry, prompts, mode, multimask)
         masks = (postprocess_logits(logits)[0] > 0).cpu().numpy()  # (C, 1024, 1024)
         scores = iou[0].float().cpu().numpy()
         timings["decode"] = time.perf_counter() - t0
@@ -418,10 +403,16 @@ class WsiSamPredictor:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         timings: dict[str, float] = {}
         entry, encoded = self._features(slide, chosen, need_lr=(mode == "wsi-sam"), timings=timings)
+        logits, iou = self._decode(entry, prompts.to(self.model.device), mode, multimask)
+        return logits.cpu(), iou.cpu(), encoded
+
+    def _decode(
+        self, entry: _CachedField, prompts: Prompts, mode: str, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """HR logits (B, C, 256, 256) and IoU predictions (B, C), float32, for a cached field."""
         device = self.model.device
         assert entry.hr is not None
         hr = entry.hr.to(device)
-        prompts = prompts.to(device)
         with self.model.sam.decoder_autocast():
             if mode == "wsi-sam":
                 assert entry.lr is not None
@@ -434,7 +425,7 @@ class WsiSamPredictor:
                 )
             else:
                 logits, iou = self.model.sam_forward(hr, prompts, multimask_output=multimask)
-        return logits.float().cpu(), iou.float().cpu(), encoded
+        return logits.float(), iou.float()
 
     def _hr_static(self, entry: _CachedField, hr: PatchFeatures) -> torch.Tensor:
         """The field's cached HR static features, computed on first use for these heads."""

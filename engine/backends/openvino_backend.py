@@ -133,6 +133,20 @@ def find_or_convert(
         ) from exc
 
 
+def openvino_core():  # type: ignore[no-untyped-def]
+    """An ``openvino.Core`` with the compiled-model cache in our cache folder (when writable)."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled_cache = cache_root() / "openvino" / "compiled"
+    try:
+        compiled_cache.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(compiled_cache)})
+    except OSError:
+        logger.info("OpenVINO compiled-model cache unavailable at %s", compiled_cache)
+    return core
+
+
 class OpenVinoImageEncoder:
     """Our TinyViT, converted, compiled for the CPU in ``precision`` ("f32", "bf16", "fp16").
 
@@ -149,7 +163,6 @@ class OpenVinoImageEncoder:
         precision: str = "f32",
         threads: int | None = None,
     ) -> None:
-        import openvino as ov
 
         if precision not in _OV_PRECISION:
             raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
@@ -161,13 +174,7 @@ class OpenVinoImageEncoder:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
-        compiled_cache = cache_root() / "openvino" / "compiled"
-        try:
-            compiled_cache.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(compiled_cache)})
-        except OSError:
-            logger.info("OpenVINO compiled-model cache unavailable at %s", compiled_cache)
+        core = openvino_core()
         t0 = time.perf_counter()
         try:
             self._compiled = core.compile_model(str(self.ir_path), "CPU", config)

@@ -31,7 +31,12 @@ import torch
 from torch import nn
 
 from engine.backends import BackendError
-from engine.backends.openvino_backend import _OV_PRECISION, bundled_models_dir, cache_root
+from engine.backends.openvino_backend import (
+    _OV_PRECISION,
+    bundled_models_dir,
+    cache_root,
+    openvino_core,
+)
 
 if TYPE_CHECKING:
     from engine.wsi_sam import WsiSam
@@ -157,7 +162,6 @@ class OpenVinoDecoders:
     """
 
     def __init__(self, model: WsiSam, precision: str = "f32") -> None:
-        import openvino as ov
 
         if precision not in _OV_PRECISION:
             raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
@@ -177,13 +181,7 @@ class OpenVinoDecoders:
                     f"({exc.strerror or exc}); set WSI_SAM_CACHE_DIR to a writable folder"
                 ) from exc
         self.folder = folder
-        core = ov.Core()
-        compiled_cache = cache_root() / "openvino" / "compiled"
-        try:
-            compiled_cache.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(compiled_cache)})
-        except OSError:
-            logger.info("OpenVINO compiled-model cache unavailable at %s", compiled_cache)
+        core = openvino_core()
         config = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
             "PERFORMANCE_HINT": "LATENCY",
