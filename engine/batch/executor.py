@@ -251,6 +251,18 @@ def run_batch(
                 client.cancel(pending)
         if bar is not None:
             bar.close()
+        # An interrupt can land between a slide's journal line and ``this_run``: the journal on
+        # disk is the truth, so the summary takes every slide recorded there for this run's work.
+        recorded = Manifest(out).entries
+        for job in todo:
+            entry = recorded.get(job.key)
+            if (
+                job.key not in this_run
+                and entry is not None
+                and entry.get("settings_sha256") == settings_sha256
+                and entry.get("input_sha256") == job.input_sha256
+            ):
+                this_run[job.key] = entry
         write_summary(summary_path, order, this_run, report.skipped)
     report.seconds = time.perf_counter() - started
     return report
