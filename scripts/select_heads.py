@@ -32,10 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.commands.eval import pair_images_and_masks
-from engine.evaluate import evaluate, summarise
-from engine.train.augment import Augmentation
+from engine.evaluate import summarise
 from engine.train.data import ObjectSample, SlidePool, make_samples, usable
 from engine.train.features import FeatureCache
+from engine.train.holdout import evaluate_cached
 from engine.train.readers import read_label_map
 from engine.train.trainer import TrainConfig, train_heads
 from engine.wsi_sam import WsiSam, load_wsi_sam
@@ -95,23 +95,7 @@ def score(
 ) -> dict[str, dict[str, float]]:
     """Mean Dice (percent) of WSI-SAM and SAM per prompt setting over objects x seeds: the
     protocol of ``wsi-sam eval``, on the cached (unaugmented) encoder outputs."""
-    was_training = model.training
-    model.eval()
-    results = []
-    with SlidePool() as pool:
-        for seed in seeds:
-            run = evaluate(
-                samples,
-                ["sam", "wsi-sam"],
-                PROMPTS,
-                wsi=model,
-                seed=seed,
-                progress=False,
-                features=lambda sample: cache.features(sample, Augmentation(), pool),
-            )
-            results += run.results
-    if was_training:
-        model.train()
+    results = evaluate_cached(model, cache, samples, seeds)
     scores: dict[str, dict[str, float]] = {"wsi-sam": {}, "sam": {}}
     for row in summarise(results):
         scores[row.model][row.prompt] = row.dice

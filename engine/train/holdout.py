@@ -71,32 +71,45 @@ def split_holdout(samples: Sequence[ObjectSample], fraction: float) -> Holdout:
     return Holdout(train, held, "objects", sources)
 
 
-def score_heldout(
-    model: Any, cache: Any, held: Sequence[ObjectSample], seeds: Sequence[int] = (0,)
-) -> dict[str, Any]:
-    """Mean HR Dice (percent) of WSI-SAM and SAM on ``held`` per prompt setting, on the cached
-    unaugmented encoder outputs (held-out fields are encoded once into ``cache``)."""
-    from engine.evaluate import ALL_GROUP, evaluate, summarise
+def evaluate_cached(
+    model: Any, cache: Any, samples: Sequence[ObjectSample], seeds: Sequence[int] = (0,)
+) -> list[Any]:
+    """SAM and WSI-SAM results (``wsi-sam eval``'s protocol) for ``samples`` x ``seeds``, on the
+    cached unaugmented encoder outputs; the model's training mode is restored afterwards."""
+    from engine.evaluate import evaluate
     from engine.train.augment import Augmentation
     from engine.train.data import SlidePool
 
     was_training = model.training
     model.eval()
-    results = []
-    with SlidePool() as pool:
-        for seed in seeds:
-            run = evaluate(
-                list(held),
-                ["sam", "wsi-sam"],
-                PROMPTS,
-                wsi=model,
-                seed=seed,
-                progress=False,
-                features=lambda sample: cache.features(sample, Augmentation(), pool),
-            )
-            results += run.results
-    if was_training:
-        model.train()
+    results: list[Any] = []
+    try:
+        with SlidePool() as pool:
+            for seed in seeds:
+                run = evaluate(
+                    list(samples),
+                    ["sam", "wsi-sam"],
+                    PROMPTS,
+                    wsi=model,
+                    seed=seed,
+                    progress=False,
+                    features=lambda sample: cache.features(sample, Augmentation(), pool),
+                )
+                results += run.results
+    finally:
+        if was_training:
+            model.train()
+    return results
+
+
+def score_heldout(
+    model: Any, cache: Any, held: Sequence[ObjectSample], seeds: Sequence[int] = (0,)
+) -> dict[str, Any]:
+    """Mean HR Dice (percent) of WSI-SAM and SAM on ``held`` per prompt setting, on the cached
+    unaugmented encoder outputs (held-out fields are encoded once into ``cache``)."""
+    from engine.evaluate import ALL_GROUP, summarise
+
+    results = evaluate_cached(model, cache, held, seeds)
     dice: dict[str, dict[str, float]] = {"WSI-SAM": {}, "SAM": {}}
     rows = summarise(results)
     several = len({row.group for row in rows}) > 1
