@@ -337,6 +337,10 @@ class EngineClient(QObject):
         self._preencode: PreencodeRequest | None = None
         self._preencode_parts: list[str] = []  # steps of self._preencode not yet run
         self._preencode_running: int | None = None
+        # results the worker has emitted that the UI thread has not handled yet: until they
+        # arrive the client is not idle (a fast worker can finish a step before the UI sees
+        # the one before it)
+        self._undelivered = 0
         self._next_id = 0
         self._running_id: int | None = None
         self._state = "not started"  # "loading" | "ready" | "failed"
@@ -450,6 +454,7 @@ class EngineClient(QObject):
                 or self._pending is not None
                 or self._preencode is not None
                 or self._preencode_running is not None
+                or self._undelivered > 0
             )
 
     def forget_slide(self, path: str) -> None:
@@ -511,6 +516,7 @@ class EngineClient(QObject):
         # called in the worker thread; a request replaced or cancelled meanwhile stays dropped
         with self._lock:
             self._preencode_running = None
+            self._undelivered += 1  # the worker emits ``preencoded`` next
             if self._preencode is not request:
                 return
             if part in self._preencode_parts:
@@ -547,22 +553,30 @@ class EngineClient(QObject):
         self.busy.emit(request_id, what)
 
     def _on_finished(self, request_id: int, result: object) -> None:
+        self._delivered()
         self.finished.emit(request_id, result)
         self._maybe_idle()
 
     def _on_failed(self, request_id: int, message: str) -> None:
+        self._delivered()
         self.failed.emit(request_id, message)
         self._maybe_idle()
 
     def _on_preencoded(self, request_id: int, part: str, encoded: bool) -> None:
+        self._delivered()
         self.preencoded.emit(request_id, part, encoded)
         self._maybe_idle()
 
     def _mark_done(self, request_id: int) -> None:
         # called in the worker thread, before it reports the result
         with self._lock:
+            self._undelivered += 1  # the worker emits ``finished`` or ``failed`` next
             if self._running_id == request_id:
                 self._running_id = None
+
+    def _delivered(self) -> None:
+        with self._lock:
+            self._undelivered = max(0, self._undelivered - 1)
 
     def _maybe_idle(self) -> None:
         if self.is_ready() and not self.is_busy():
