@@ -4,21 +4,45 @@ under the variants of the forward pass, interleaved so that background load hits
     .venv/bin/python benchmarks/bench_train_step.py [--batch-sizes 4,8] [--rounds 5] [--profile]
 
 Variants: ``per-head`` (each head runs SAM's decoder twice: four decoder calls, the forward
-before the batched one), ``batched`` (``WsiSam.forward``: SAM's residual runs HR+LR in one call
-without autograd, the token runs HR+LR in a second), and ``batched-bf16`` (the same under CPU
-bf16 autocast; only where the CPU has native bf16). Prints the median seconds per object of
-each, and with ``--profile`` the top operators of one batched step.
+before the batched one), ``batched-elementwise-ln`` (the batched forward with LayerNorm2d as
+seven elementwise ops, as before torch's fused layer_norm: the reference of the ratios),
+``batched`` (``WsiSam.forward``: SAM's residual runs HR+LR in one call without autograd, the
+token runs HR+LR in a second), and ``batched-bf16`` (the same under CPU bf16 autocast; only where
+the CPU has native bf16). Prints the median seconds per object of each and its ratio to the
+reference, and with ``--profile`` the top operators of one batched step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+
+from engine.sam.common import LayerNorm2d
+
+
+def _elementwise_layer_norm_2d(self: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm2d as it was computed before the fused kernel (mean, variance, scale, shift)."""
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    x = (x - mean) / torch.sqrt(var + self.eps)
+    return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+@contextlib.contextmanager
+def _layer_norm_2d(elementwise: bool) -> Iterator[None]:
+    fused = LayerNorm2d.forward
+    if elementwise:
+        LayerNorm2d.forward = _elementwise_layer_norm_2d  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LayerNorm2d.forward = fused  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -26,7 +50,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="4")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--variants", default="per-head,batched,batched-bf16")
+    parser.add_argument(
+        "--variants", default="per-head,batched-elementwise-ln,batched,batched-bf16"
+    )
     args = parser.parse_args()
 
     from engine.backends import autocast, cpu_supports_bf16
@@ -54,11 +80,13 @@ def main() -> None:
             optimiser = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
             forward = model.forward_per_head if name == "per-head" else model.forward
             precision = "bf16" if name.endswith("bf16") else "f32"
+            elementwise = name.endswith("elementwise-ln")
 
             def step(
                 optimiser: torch.optim.Optimizer = optimiser,
                 forward: Callable[..., WsiSamOutput] = forward,
                 precision: str = precision,
+                elementwise: bool = elementwise,
                 batch: tuple[PatchFeatures, PatchFeatures, Prompts, torch.Tensor] = (
                     hr,
                     lr,
@@ -67,27 +95,32 @@ def main() -> None:
                 ),
             ) -> None:
                 hr_b, lr_b, prompts_b, targets_b = batch
-                with autocast(torch.device("cpu"), precision):
-                    out = forward(hr_b, lr_b, prompts_b)
-                loss = wsi_sam_loss(
-                    out.hr_logits.float(), out.lr_logits.float(), targets_b, targets_b
-                ).total
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
+                with _layer_norm_2d(elementwise):
+                    with autocast(torch.device("cpu"), precision):
+                        out = forward(hr_b, lr_b, prompts_b)
+                    loss = wsi_sam_loss(
+                        out.hr_logits.float(), out.lr_logits.float(), targets_b, targets_b
+                    ).total
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
 
             steps[name] = step
             step()  # warm-up
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.rounds):
-            for name, step in steps.items():
+            for name, run_step in steps.items():
                 t0 = time.perf_counter()
-                step()
+                run_step()
                 times[name].append((time.perf_counter() - t0) / b)
+        reference = "batched-elementwise-ln" if "batched-elementwise-ln" in times else None
         for name, values in times.items():
+            ratio = ""
+            if reference is not None:
+                ratio = f", {np.median(values) / np.median(times[reference]):.2f}x the reference"
             print(
-                f"batch {b:2d} {name:<14} {np.median(values):.3f} s per object "
-                f"(min {min(values):.3f})"
+                f"batch {b:2d} {name:<22} {np.median(values):.3f} s per object "
+                f"(min {min(values):.3f}){ratio}"
             )
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
