@@ -5,7 +5,8 @@
 # completed epochs are kept). Hours on a 2-core CPU; nothing here looks at the test images
 # before step 4.
 #
-#   scripts/retrain_default_heads.sh [step ...]     steps: cache cv final eval (default: all)
+#   scripts/retrain_default_heads.sh [step ...]     steps: precision cache cv final eval
+#                                                   (default: all)
 #   SMOKE=1 scripts/retrain_default_heads.sh        a tiny version (a few objects, 1 epoch)
 #
 # Environment: SHARED (default ../shared), OUT (default out/retrain), PY (default .venv/bin/python)
@@ -31,7 +32,7 @@ if [[ -n "${SMOKE:-}" ]]; then
   CVTRAIN=(--train-images "$OUT/train/img" --train-masks "$OUT/train/labelcol") FOLDS=2
 fi
 DROP=$((EPOCHS * 3 / 4)); ((DROP < 2)) && DROP=2
-STEPS=("$@"); [[ ${#STEPS[@]} -eq 0 ]] && STEPS=(cache cv final eval)
+STEPS=("$@"); [[ ${#STEPS[@]} -eq 0 ]] && STEPS=(precision cache cv final eval)
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/retrain.log"; }
 TRAIN=(--images "$GLAS/Train_Folder/img" --masks "$GLAS/Train_Folder/labelcol"
@@ -39,6 +40,22 @@ TRAIN=(--images "$GLAS/Train_Folder/img" --masks "$GLAS/Train_Folder/labelcol"
 
 for step in "${STEPS[@]}"; do
   case $step in
+  precision)  # 0. the same-seed f32/bf16 check of RETRAIN_RULE.md, on training images 1-12
+    SUB=$OUT/precision/train
+    mkdir -p "$SUB/img" "$SUB/labelcol"
+    N=12; [[ -n "${SMOKE:-}" ]] && N=2
+    for i in $(seq 1 "$N"); do  # links: the same resolved paths, so the feature cache is shared
+      ln -sfn "$(realpath "$GLAS/Train_Folder/img/$i.png")" "$SUB/img/$i.png"
+      ln -sfn "$(realpath "$GLAS/Train_Folder/labelcol/$i.png")" "$SUB/labelcol/$i.png"
+    done
+    PE=6; [[ -n "${SMOKE:-}" ]] && PE=1
+    for prec in f32 bf16; do
+      log "precision check ($prec) -> $OUT/precision/$prec"
+      $PY scripts/select_heads.py --train-images "$SUB/img" --train-masks "$SUB/labelcol" \
+        --folds 2 --image-magnification 20 --cache "$CACHE" --out "$OUT/precision/$prec" \
+        --settings paper --epochs "$PE" --every "$PE" --train-precision "$prec" \
+        | tee -a "$OUT/retrain.log"
+    done ;;
   cache)  # 1. encode every object x (original + 2 variants) once: ~4,600 patches (OpenVINO bf16)
     log "feature cache -> $CACHE"
     $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs 1 --quiet \
@@ -71,7 +88,7 @@ for step in "${STEPS[@]}"; do
         --models sam,wsi-sam,medsam --prompts box,3,5,10 --seed 0 \
         --heads "$OUT/final/heads.pt" --out "$OUT/eval_monuseg" | tee -a "$OUT/retrain.log"
     fi ;;
-  *) echo "unknown step $step (cache cv final eval)" >&2; exit 2 ;;
+  *) echo "unknown step $step (precision cache cv final eval)" >&2; exit 2 ;;
   esac
 done
 log "done: ${STEPS[*]}"
