@@ -178,6 +178,11 @@ class EngineWorker(QObject):
         # the field of the pre-encode request in progress, so its LR step encodes the same one
         self._preencode_field: tuple[int, Any] | None = None
 
+    @property
+    def predictor(self) -> Segmenter | None:
+        """The segmenter loaded last (None before the first load)."""
+        return self._predictor
+
     def load(self, options: EngineOptions) -> None:
         try:
             predictor = self._factory(self.loadProgress.emit, options)
@@ -399,6 +404,12 @@ class EngineClient(QObject):
     def loaded_options(self) -> EngineOptions | None:
         """The options of the model in use; None before one has loaded."""
         return self._loaded_options
+
+    def predictor(self) -> Any:
+        """The segmenter the engine thread loaded (None before it has): for jobs that share its
+        model in a thread of their own (refine, segment everything); prompts go through
+        ``submit``."""
+        return self._worker.predictor
 
     def backend_label(self) -> str:
         """What runs the encoder of the model in use (e.g. "OpenVINO CPU bf16"), or ""."""

@@ -29,17 +29,9 @@ OLD_COLOR = QColor(255, 160, 0)
 
 
 def shared_model(window: Any) -> Any:
-    """The WSI-SAM model the engine thread loaded, or None (not loaded, or a test's fake).
-
-    The engine client does not expose its predictor yet; until it does, it is read from the
-    worker it owns.
-    """
-    engine = window.engine
-    predictor = getattr(engine, "predictor", None)
-    predictor = predictor() if callable(predictor) else predictor
-    if predictor is None:
-        worker = getattr(engine, "_worker", None)
-        predictor = getattr(worker, "_predictor", None)
+    """(the WSI-SAM model the engine thread loaded, its predictor); the model is None before
+    one has loaded or for a test's fake segmenter."""
+    predictor = window.engine.predictor()
     return getattr(predictor, "model", None), predictor
 
 
