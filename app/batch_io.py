@@ -86,8 +86,19 @@ __all__ = [
 
 #: Suffixes of files a folder INPUT takes as slides.
 SLIDE_SUFFIXES = (
-    ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-    ".tif", ".tiff", ".png", ".jpg", ".jpeg",
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
 )
 #: The version of the prompt convention above (part of the settings hash).
 PROMPT_CONVENTION = 1
@@ -139,8 +150,11 @@ def find_inputs(source: str | os.PathLike[str]) -> FoundInputs:
 
         with open_project(path) as project:
             items = [
-                BatchInput(image.path if image.path is not None else Path(image.uri or image.name),
-                           Path(image.name).stem or image.entry_id, image.entry_id)
+                BatchInput(
+                    image.path if image.path is not None else Path(image.uri or image.name),
+                    Path(image.name).stem or image.entry_id,
+                    image.entry_id,
+                )
                 for image in project.images
             ]
             folder = project.path
@@ -149,7 +163,8 @@ def find_inputs(source: str | os.PathLike[str]) -> FoundInputs:
         return FoundInputs("project", items, folder)
     if path.is_dir():
         slides = sorted(
-            p for p in path.iterdir()
+            p
+            for p in path.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES
         )
         if not slides:
@@ -179,6 +194,7 @@ def find_inputs(source: str | os.PathLike[str]) -> FoundInputs:
 
 def _unique_keys(items: Sequence[BatchInput]) -> list[str]:
     """File-name-safe keys, unique: a name used twice gets a short hash of its slide's path."""
+
     def clean(name: str) -> str:
         return re.sub(r"[^\w.\-+ ]", "_", name).strip(" .") or "slide"
 
@@ -323,7 +339,8 @@ class BatchIO:
 
         if not Path(job.slide).is_file():
             raise FileNotFoundError(
-                2, "the slide file is missing (a moved project? `wsi-sam project relink`)",
+                2,
+                "the slide file is missing (a moved project? `wsi-sam project relink`)",
                 job.slide,
             )
         if job.prompts is not None:
@@ -359,10 +376,16 @@ class BatchIO:
             if class_name:
                 color = carry.get("color")
                 path_class = PathClass.from_name(class_name, tuple(color) if color else None)
-            out.append(Annotation(
-                geometry=made.geometry, path_class=path_class, name=carry.get("name"),
-                id=object_id, measurements=measurements, metadata=metadata,
-            ))
+            out.append(
+                Annotation(
+                    geometry=made.geometry,
+                    path_class=path_class,
+                    name=carry.get("name"),
+                    id=object_id,
+                    measurements=measurements,
+                    metadata=metadata,
+                )
+            )
         return out
 
     def write_output(self, job: SlideJob, objects: list[MadeObject]) -> tuple[str, list[str]]:
@@ -456,8 +479,7 @@ def make_jobs(
     keys = _unique_keys(found.items)
     jobs = []
     for item, key in zip(found.items, keys, strict=True):
-        use_project = (found.kind == "project" and work.kind != "prompts"
-                       and prompts_dir is None)
+        use_project = found.kind == "project" and work.kind != "prompts" and prompts_dir is None
         prompts = None if use_project else _prompts_file(item, prompts_dir)
         qpdata = None
         target: dict[str, Any]
@@ -468,30 +490,40 @@ def make_jobs(
             assert found.project is not None and item.entry_id is not None
             if with_qupath:
                 staged = out_dir / f"{key}.geojson"
-                target = {"kind": "qupath", "path": str(staged), "project": str(found.project),
-                          "entry_id": item.entry_id}
+                target = {
+                    "kind": "qupath",
+                    "path": str(staged),
+                    "project": str(found.project),
+                    "entry_id": item.entry_id,
+                }
                 output = str(staged)
             else:
                 output = str(found.project / "wsi-sam" / f"{item.entry_id}.geojson")
-                target = {"kind": "sidecar", "project": str(found.project),
-                          "entry_id": item.entry_id, "path": output}
+                target = {
+                    "kind": "sidecar",
+                    "project": str(found.project),
+                    "entry_id": item.entry_id,
+                    "path": output,
+                }
         else:
             output = str(out_dir / f"{key}.geojson")
             target = {"kind": "geojson", "path": output}
             if use_project:
                 target.update(project=str(found.project), entry_id=item.entry_id)
-        jobs.append(SlideJob(
-            key=key,
-            slide=str(item.slide),
-            prompts=None if prompts is None else str(prompts),
-            output=output,
-            settings=settings,
-            work=work,
-            io=io,
-            target=target,
-            input_sha256=_input_sha256(item.slide, prompts, qpdata if use_project else None),
-            replace_ids=tuple(manifest.previous_ids(key)),
-        ))
+        jobs.append(
+            SlideJob(
+                key=key,
+                slide=str(item.slide),
+                prompts=None if prompts is None else str(prompts),
+                output=output,
+                settings=settings,
+                work=work,
+                io=io,
+                target=target,
+                input_sha256=_input_sha256(item.slide, prompts, qpdata if use_project else None),
+                replace_ids=tuple(manifest.previous_ids(key)),
+            )
+        )
     return jobs
 
 

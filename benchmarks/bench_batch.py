@@ -41,8 +41,12 @@ from engine.batch.manifest import settings_sha256
 
 # box prompts, each in a different 10x field of the 2220 x 2967 sample slide
 BOXES = [
-    (300, 300, 700, 700), (1500, 300, 1900, 700), (300, 1300, 700, 1700),
-    (1500, 1300, 1900, 1700), (300, 2300, 700, 2700), (1500, 2300, 1900, 2700),
+    (300, 300, 700, 700),
+    (1500, 300, 1900, 700),
+    (300, 1300, 700, 1700),
+    (1500, 1300, 1900, 1700),
+    (300, 2300, 700, 2700),
+    (1500, 2300, 1900, 2700),
 ]
 
 
@@ -52,10 +56,14 @@ def make_slides(folder: Path, count: int) -> Path:
         x0, y0, x1, y1 = BOXES[i % len(BOXES)]
         shutil.copyfile(sample_slide_path(), folder / f"slide{i:03d}.svs")
         ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-        feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                   "properties": {"objectType": "annotation"}}
+        feature = {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "annotation"},
+        }
         (folder / f"slide{i:03d}.geojson").write_text(
-            json.dumps({"type": "FeatureCollection", "features": [feature]}))
+            json.dumps({"type": "FeatureCollection", "features": [feature]})
+        )
     return folder
 
 
@@ -79,8 +87,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     folder = make_slides(root / "slides", args.slides)
     n_cores = cores()
-    print(f"{args.slides} slides (copies of the sample, one box each), mode {args.mode}, "
-          f"{n_cores} cores, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"{args.slides} slides (copies of the sample, one box each), mode {args.mode}, "
+        f"{n_cores} cores, load average {os.getloadavg()[0]:.1f} at start"
+    )
 
     settings = EngineSettings(mode=args.mode, threads=n_cores)
     jobs, _ = jobs_for(folder, root / "direct", settings)
@@ -95,8 +105,10 @@ def main() -> None:
         wall = time.perf_counter() - t0
         assert all(o.status == "done" for o in inside), [o.error for o in inside]
         per = wall / len(jobs)
-        print(f"direct ({label}): {per:6.2f} s/slide  {60 / per:6.1f} slides/min"
-              f"   (model load {load:.1f} s, {n_cores} threads)")
+        print(
+            f"direct ({label}): {per:6.2f} s/slide  {60 / per:6.1f} slides/min"
+            f"   (model load {load:.1f} s, {n_cores} threads)"
+        )
         return wall
 
     first = run_direct("before")
@@ -114,24 +126,27 @@ def main() -> None:
             loading = time.perf_counter() - t0
             jobs, sha = jobs_for(folder, root / f"dask{count}", settings)
             t0 = time.perf_counter()
-            report = run_batch(jobs, client, root / f"dask{count}", sha, force=True,
-                               progress=False)
+            report = run_batch(jobs, client, root / f"dask{count}", sha, force=True, progress=False)
             wall = time.perf_counter() - t0
         assert report.done == len(jobs), [o.error for o in report.failed]
         results[count] = wall
         per = wall / len(jobs)
         in_task = statistics.mean(o.seconds for o in report.outcomes)
         outside = wall * count / len(jobs) - in_task
-        print(f"Dask {count} worker{'s' if count > 1 else ' '}: {per:6.2f} s/slide  "
-              f"{60 / per:6.1f} slides/min   (cluster start {started:.1f} s, model load on the "
-              f"workers {loading:.1f} s, {threads} threads each; per slide {in_task:.2f} s "
-              f"inside run_job, {outside:+.2f} s outside)")
+        print(
+            f"Dask {count} worker{'s' if count > 1 else ' '}: {per:6.2f} s/slide  "
+            f"{60 / per:6.1f} slides/min   (cluster start {started:.1f} s, model load on the "
+            f"workers {loading:.1f} s, {threads} threads each; per slide {in_task:.2f} s "
+            f"inside run_job, {outside:+.2f} s outside)"
+        )
     direct = (first + run_direct("after ")) / 2  # the machine's load changes meanwhile
     direct_per = direct / args.slides
     if 1 in results:
         overhead = (results[1] - direct) / args.slides
-        print(f"executor overhead with 1 worker: {overhead:+.3f} s/slide against direct "
-              f"({100 * overhead / direct_per:+.1f} %)")
+        print(
+            f"executor overhead with 1 worker: {overhead:+.3f} s/slide against direct "
+            f"({100 * overhead / direct_per:+.1f} %)"
+        )
     if 1 in results and 2 in results:
         print(f"2 workers / 1 worker throughput: {results[1] / results[2]:.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end (a shared machine: figures noisy)")

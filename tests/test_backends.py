@@ -244,9 +244,7 @@ def test_openvino_decoders_equal_torch_in_f32_and_agree_in_bf16(ov_wsi_sam, real
         model.decoder_backend = OpenVinoDecoders(model, "bf16")
         try:
             with torch.inference_mode():
-                half, _ = model.predict_hr(
-                    hr, lr, prompts, multimask_output=True, hr_static=static
-                )
+                half, _ = model.predict_hr(hr, lr, prompts, multimask_output=True, hr_static=static)
         finally:
             model.decoder_backend = decoders
         a, b = half > 0, ref > 0

@@ -33,13 +33,15 @@ CLI_ENGINE = ["--mode", "sam", "--engine-threads", "1", "--no-progress"]
 
 
 def feature(geometry: dict[str, Any], **properties: Any) -> dict[str, Any]:
-    return {"type": "Feature", "geometry": geometry,
-            "properties": {"objectType": "annotation", **properties}}
+    return {
+        "type": "Feature",
+        "geometry": geometry,
+        "properties": {"objectType": "annotation", **properties},
+    }
 
 
 def rect(x0: float, y0: float, x1: float, y1: float) -> dict[str, Any]:
-    return {"type": "Polygon",
-            "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+    return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
 
 
 # four slides (copies of the sample), different prompts, each within one field
@@ -48,8 +50,11 @@ PROMPTS = {
     "s2": [feature({"type": "MultiPoint", "coordinates": [[1500, 800], [1520, 830]]})],
     "s3": [
         feature(rect(400, 400, 800, 800), **{"wsi-sam prompt": "a"}),
-        feature({"type": "Point", "coordinates": [420, 420]},
-                classification={"name": "Ignore*"}, **{"wsi-sam prompt": "a"}),
+        feature(
+            {"type": "Point", "coordinates": [420, 420]},
+            classification={"name": "Ignore*"},
+            **{"wsi-sam prompt": "a"},
+        ),
     ],
     "s4": [feature(rect(1000, 2000, 1400, 2400)), feature(rect(1200, 2100, 1500, 2500))],
 }
@@ -67,8 +72,9 @@ def make_slides(folder: Path, names: list[str]) -> Path:
     return folder
 
 
-def jobs_for(folder: Path, out: Path, work: Work | None = None,
-             io: batch_io.BatchIO | None = None) -> tuple[list[Any], str]:
+def jobs_for(
+    folder: Path, out: Path, work: Work | None = None, io: batch_io.BatchIO | None = None
+) -> tuple[list[Any], str]:
     work = work or Work("prompts")
     io = io or batch_io.BatchIO()
     found = batch_io.find_inputs(folder)
@@ -109,8 +115,9 @@ def client(mobile_sam: Any) -> Iterator[Any]:
     threads = torch.get_num_threads()
     cached_predictor(SETTINGS)  # and the workers' compiled encoder, into OpenVINO's cache
     torch.set_num_threads(threads)
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    )
     client = Client(cluster)
     try:
         yield client
@@ -137,12 +144,18 @@ def parse(features: list[dict[str, Any]], output_class: str | None = None) -> li
 
 
 def test_polygons_are_boxes_and_points_are_point_sets() -> None:
-    specs = parse([
-        feature(rect(10, 20, 30, 60), classification={"name": "Tumor", "color": [200, 0, 0]},
-                name="first"),
-        feature({"type": "MultiPoint", "coordinates": [[1, 2], [3, 4]]}),
-        feature({"type": "Point", "coordinates": [5, 6]}, **{"wsi-sam label": 0}),
-    ], output_class="Stroma")
+    specs = parse(
+        [
+            feature(
+                rect(10, 20, 30, 60),
+                classification={"name": "Tumor", "color": [200, 0, 0]},
+                name="first",
+            ),
+            feature({"type": "MultiPoint", "coordinates": [[1, 2], [3, 4]]}),
+            feature({"type": "Point", "coordinates": [5, 6]}, **{"wsi-sam label": 0}),
+        ],
+        output_class="Stroma",
+    )
     assert [s.box for s in specs] == [(10, 20, 30, 60), None, None]
     assert specs[0].carry == {"name": "first", "class": "Tumor", "color": (200, 0, 0)}
     assert specs[1].points == ((1, 2), (3, 4)) and specs[1].labels == (1, 1)
@@ -151,14 +164,19 @@ def test_polygons_are_boxes_and_points_are_point_sets() -> None:
 
 
 def test_features_with_one_prompt_tag_are_one_prompt() -> None:
-    specs = parse([
-        feature({"type": "Point", "coordinates": [5, 6]}, classification={"name": "Ignore*"},
-                **{"wsi-sam prompt": 7}),
-        feature(rect(0, 0, 10, 10), **{"wsi-sam prompt": 7}),
-        feature({"type": "LineString", "coordinates": [[0, 0], [5, 5]]}),
-        feature(rect(0, 0, 10, 10), **{"wsi-sam prompt": "two"}),
-        feature(rect(2, 2, 10, 10), **{"wsi-sam prompt": "two"}),
-    ])
+    specs = parse(
+        [
+            feature(
+                {"type": "Point", "coordinates": [5, 6]},
+                classification={"name": "Ignore*"},
+                **{"wsi-sam prompt": 7},
+            ),
+            feature(rect(0, 0, 10, 10), **{"wsi-sam prompt": 7}),
+            feature({"type": "LineString", "coordinates": [[0, 0], [5, 5]]}),
+            feature(rect(0, 0, 10, 10), **{"wsi-sam prompt": "two"}),
+            feature(rect(2, 2, 10, 10), **{"wsi-sam prompt": "two"}),
+        ]
+    )
     assert len(specs) == 3
     assert specs[0].box == (0, 0, 10, 10) and specs[0].points == ((5, 6),)
     assert specs[0].labels == (0,) and not specs[0].problem
@@ -181,8 +199,10 @@ def test_inputs_folder_list_and_unique_keys(tmp_path: Path) -> None:
     listing.write_text(f"# cohort\nslides/a.tiff\n\n{other / 'a.svs'}\n")
     found = batch_io.find_inputs(listing)
     assert [i.slide for i in found.items] == [folder / "a.tiff", other / "a.svs"]
-    keys = [job.key for job in batch_io.make_jobs(found, tmp_path / "out", SETTINGS,
-                                                  Work(), batch_io.BatchIO())]
+    keys = [
+        job.key
+        for job in batch_io.make_jobs(found, tmp_path / "out", SETTINGS, Work(), batch_io.BatchIO())
+    ]
     assert len(set(keys)) == 2 and all(k.startswith("a-") for k in keys)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no slides in this folder"):
@@ -200,8 +220,14 @@ def test_manifest_complete_only_with_same_inputs_settings_and_intact_output(
     from engine.batch import file_sha256
 
     manifest = Manifest(tmp_path)
-    done = SlideOutcome("a", "a.svs", "done", output=str(output),
-                        output_sha256=file_sha256(output), input_sha256="in")
+    done = SlideOutcome(
+        "a",
+        "a.svs",
+        "done",
+        output=str(output),
+        output_sha256=file_sha256(output),
+        input_sha256="in",
+    )
     manifest.record(done, "set")
     manifest.record(SlideOutcome("b", "b.svs", "failed", error="bad"), "set")
     # a kill in the middle of a line: the torn line is ignored, the rest is read
@@ -234,15 +260,22 @@ def test_cluster_gives_the_same_geojson_as_each_slide_alone(
     assert len(workers) == 2, workers  # both workers took slides
     rows = summary(out)
     assert {k: (r["status"], r["objects_in"], r["objects_out"]) for k, r in rows.items()} == {
-        "s1": ("done", "1", "1"), "s2": ("done", "1", "1"),
-        "s3": ("done", "1", "1"), "s4": ("done", "2", "2"),
+        "s1": ("done", "1", "1"),
+        "s2": ("done", "1", "1"),
+        "s3": ("done", "1", "1"),
+        "s4": ("done", "2", "2"),
     }
     alone = tmp_path / "alone"
     alone.mkdir()
     for job in jobs:
         target = alone / f"{job.key}.geojson"
-        single = type(job)(**{**job.__dict__, "target": {"kind": "geojson", "path": str(target)},
-                              "output": str(target)})
+        single = type(job)(
+            **{
+                **job.__dict__,
+                "target": {"kind": "geojson", "path": str(target)},
+                "output": str(target),
+            }
+        )
         outcome = run_job(single)
         assert outcome.status == "done", outcome.error
         assert comparable(target) == comparable(Path(job.output)), job.key
@@ -295,8 +328,12 @@ def test_a_killed_command_loses_only_slides_in_flight_and_resumes(
     folder = make_slides(tmp_path / "slides", ["s1", "s2", "s3", "s4"])
     out = tmp_path / "out"
     args = ["batch", str(folder), "--out", str(out), "--prompts", "geojson", *CLI_ENGINE]
-    process = subprocess.Popen([sys.executable, "-m", "app", *args, "--workers", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", *args, "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
@@ -337,8 +374,19 @@ def test_corrupt_slide_is_reported_and_the_others_finish(
     write_prompts(folder / "s2.geojson", [{"type": "Feature", "geometry": None}])  # bad prompts
     out = tmp_path / "out"
     address = client.scheduler.address
-    status = main(["batch", str(folder), "--out", str(out), "--prompts", "geojson",
-                   "--scheduler", address, *CLI_ENGINE])
+    status = main(
+        [
+            "batch",
+            str(folder),
+            "--out",
+            str(out),
+            "--prompts",
+            "geojson",
+            "--scheduler",
+            address,
+            *CLI_ENGINE,
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "2 of 3 slides failed" in err
@@ -358,11 +406,14 @@ def test_refine_and_everything_modes(client: Any, tmp_path: Path) -> None:
     folder.mkdir()
     shutil.copyfile(SAMPLE, folder / "r.svs")
     outline = Annotation(
-        geometry=Point(1100, 1400).buffer(180), path_class=PathClass.from_name("Tumor"),
-        name="rough", id="0a0a0a0a-0000-4000-8000-100000000000",
+        geometry=Point(1100, 1400).buffer(180),
+        path_class=PathClass.from_name("Tumor"),
+        name="rough",
+        id="0a0a0a0a-0000-4000-8000-100000000000",
     )
-    region = Annotation(geometry=box(900, 1200, 1400, 1700),
-                        path_class=PathClass.from_name("Region*"))
+    region = Annotation(
+        geometry=box(900, 1200, 1400, 1700), path_class=PathClass.from_name("Region*")
+    )
     write_geojson(folder / "r.geojson", [outline, region])
     out = tmp_path / "refine"
     jobs, settings = jobs_for(folder, out, Work("refine"))
@@ -396,23 +447,41 @@ def test_project_without_qupath_goes_to_the_sidecars(
     import qupath_bridge
     from qupath_bridge import QuPathStatus, file_uri, open_project, qupath_status
 
-    monkeypatch.setattr(qupath_bridge.qupath, "_detect",
-                        lambda: QuPathStatus(False, None, None, "no QuPath (test)"))
+    monkeypatch.setattr(
+        qupath_bridge.qupath, "_detect", lambda: QuPathStatus(False, None, None, "no QuPath (test)")
+    )
     qupath_status(refresh=True)
     slides = make_slides(tmp_path / "slides", ["s1"])
     project = tmp_path / "project"
     project.mkdir()
-    entry = {"serverBuilder": {"builderType": "uri", "providerClassName": "x",
-                               "uri": file_uri(slides / "s1.svs"), "args": []},
-             "entryID": 1, "imageName": "s1.svs",
-             "randomizedName": "00000000-0000-0000-0000-000000000001"}
+    entry = {
+        "serverBuilder": {
+            "builderType": "uri",
+            "providerClassName": "x",
+            "uri": file_uri(slides / "s1.svs"),
+            "args": [],
+        },
+        "entryID": 1,
+        "imageName": "s1.svs",
+        "randomizedName": "00000000-0000-0000-0000-000000000001",
+    }
     (project / "project.qpproj").write_text(
-        json.dumps({"version": "0.5.1", "images": [entry], "lastID": 1}))
+        json.dumps({"version": "0.5.1", "images": [entry], "lastID": 1})
+    )
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     write_prompts(prompts / "s1.geojson", PROMPTS["s4"])
-    args = ["batch", str(project), "--prompts", "geojson", "--prompts-dir", str(prompts),
-            "--scheduler", client.scheduler.address, *CLI_ENGINE]
+    args = [
+        "batch",
+        str(project),
+        "--prompts",
+        "geojson",
+        "--prompts-dir",
+        str(prompts),
+        "--scheduler",
+        client.scheduler.address,
+        *CLI_ENGINE,
+    ]
     assert main(args) == 0
     sidecar = project / "wsi-sam" / "1.geojson"
     written = read_geojson(sidecar)
@@ -427,9 +496,7 @@ def test_project_without_qupath_goes_to_the_sidecars(
     qupath_status(refresh=True)
 
 
-def test_a_killed_worker_still_ends_with_every_slide_done_once(
-    client: Any, tmp_path: Path
-) -> None:
+def test_a_killed_worker_still_ends_with_every_slide_done_once(client: Any, tmp_path: Path) -> None:
     from engine.batch.executor import run_batch
 
     folder = make_slides(tmp_path / "slides", ["s1", "s2", "s3", "s4"])
@@ -474,7 +541,10 @@ def test_a_killed_worker_still_ends_with_every_slide_done_once(
     ],
 )
 def test_command_line_errors_end_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
     status: int,
 ) -> None:
     folder = make_slides(tmp_path / "slides", ["s1"])

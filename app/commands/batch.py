@@ -57,50 +57,88 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "slide or in --prompts-dir; each becomes one object (README: the convention)",
     )
     what.add_argument(
-        "--refine", action="store_true",
+        "--refine",
+        action="store_true",
         help="refine every annotation of the slide (its GeoJSON, or the project's annotations)",
     )
     what.add_argument(
-        "--everything", action="store_true",
+        "--everything",
+        action="store_true",
         help="segment everything inside the slide's annotations of class --regions",
     )
     work.add_argument("--prompts-dir", help="folder of <slide stem>.geojson prompt files")
     work.add_argument("--regions", metavar="CLASS", help="--everything: the regions' class")
     work.add_argument("--class", dest="class_name", help="class of the objects made")
     work.add_argument(
-        "--points-per-side", type=positive_int, default=16,
+        "--points-per-side",
+        type=positive_int,
+        default=16,
         help="--everything: point grid per field (default 16: 256 points)",
     )
-    work.add_argument("--min-area", type=_non_negative_float, default=0.0,
-                      help="--everything: smallest object, um^2 (px^2 without a pixel size)")
-    work.add_argument("--max-area", type=_non_negative_float,
-                      help="--everything: largest object, um^2 (px^2 without a pixel size)")
-    work.add_argument("--force", action="store_true",
-                      help="redo slides the manifest says are complete")
+    work.add_argument(
+        "--min-area",
+        type=_non_negative_float,
+        default=0.0,
+        help="--everything: smallest object, um^2 (px^2 without a pixel size)",
+    )
+    work.add_argument(
+        "--max-area",
+        type=_non_negative_float,
+        help="--everything: largest object, um^2 (px^2 without a pixel size)",
+    )
+    work.add_argument(
+        "--force", action="store_true", help="redo slides the manifest says are complete"
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--mode", choices=("wsi-sam", "sam"), default="wsi-sam")
     model.add_argument("--heads", help="WSI-SAM heads checkpoint (default: the shipped heads)")
     model.add_argument("--checkpoint", help="MobileSAM checkpoint (default: the packaged one)")
-    model.add_argument("--magnification", type=positive_float, default=10.0,
-                       help="working (HR) magnification")
-    model.add_argument("--fixed-magnification", action="store_true",
-                       help="do not adapt the magnification to the object's size")
-    model.add_argument("--level0-magnification", type=positive_float, default=40.0,
-                       help="magnification assumed for level 0 when the file does not say")
+    model.add_argument(
+        "--magnification", type=positive_float, default=10.0, help="working (HR) magnification"
+    )
+    model.add_argument(
+        "--fixed-magnification",
+        action="store_true",
+        help="do not adapt the magnification to the object's size",
+    )
+    model.add_argument(
+        "--level0-magnification",
+        type=positive_float,
+        default=40.0,
+        help="magnification assumed for level 0 when the file does not say",
+    )
     cluster = parser.add_argument_group("Dask")
-    cluster.add_argument("--scheduler", metavar="ADDRESS",
-                         help="an existing Dask scheduler (tcp://host:8786 or a scheduler "
-                         "file .json) instead of a local cluster")
-    cluster.add_argument("--workers", type=positive_int,
-                         help="local cluster: worker processes (default: one per GPU, else one "
-                         "per 4 CPU cores)")
-    cluster.add_argument("--threads-per-worker", type=positive_int, default=1,
-                         help="local cluster: slides a worker runs at once (default 1)")
-    cluster.add_argument("--engine-threads", type=positive_int,
-                         help="CPU threads of each slide's engine (default: the cores shared "
-                         "among the local workers; on a cluster each worker's CPUs)")
-    cluster.add_argument("--retries", type=int, default=2, choices=range(0, 11), metavar="N",
-                         help="extra tries of a slide whose task raised (default 2)")
+    cluster.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing Dask scheduler (tcp://host:8786 or a scheduler "
+        "file .json) instead of a local cluster",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=positive_int,
+        help="local cluster: worker processes (default: one per GPU, else one per 4 CPU cores)",
+    )
+    cluster.add_argument(
+        "--threads-per-worker",
+        type=positive_int,
+        default=1,
+        help="local cluster: slides a worker runs at once (default 1)",
+    )
+    cluster.add_argument(
+        "--engine-threads",
+        type=positive_int,
+        help="CPU threads of each slide's engine (default: the cores shared "
+        "among the local workers; on a cluster each worker's CPUs)",
+    )
+    cluster.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        choices=range(0, 11),
+        metavar="N",
+        help="extra tries of a slide whose task raised (default 2)",
+    )
     cluster.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine_arguments(parser, device=True)
     parser.set_defaults(func=run)
@@ -129,8 +167,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_area is not None and args.max_area < args.min_area:
         raise UserError("--max-area must be at least --min-area", 2)
     if args.scheduler and (args.workers or args.threads_per_worker != 1):
-        raise UserError("--workers / --threads-per-worker size a local cluster; an existing "
-                        "cluster (--scheduler) has its own workers", 2)
+        raise UserError(
+            "--workers / --threads-per-worker size a local cluster; an existing "
+            "cluster (--scheduler) has its own workers",
+            2,
+        )
     prompts_dir = Path(args.prompts_dir) if args.prompts_dir else None
     if prompts_dir is not None and not prompts_dir.is_dir():
         raise UserError(f"--prompts-dir {prompts_dir}: no such folder")
@@ -164,53 +205,87 @@ def run(args: argparse.Namespace) -> int:
     workers = None if args.scheduler else (args.workers or default_workers(args.device))
     threads = args.engine_threads
     if threads is None and workers is not None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
         threads = max(1, cores // (workers * args.threads_per_worker))
     settings = EngineSettings(
-        mode=args.mode, heads=args.heads, checkpoint=args.checkpoint, device=args.device,
-        backend=args.backend, precision=args.precision, magnification=args.magnification,
+        mode=args.mode,
+        heads=args.heads,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        backend=args.backend,
+        precision=args.precision,
+        magnification=args.magnification,
         adaptive=not args.fixed_magnification,
-        default_magnification=args.level0_magnification, threads=threads,
+        default_magnification=args.level0_magnification,
+        threads=threads,
     )
     everything = None
     if args.everything:
         from engine.everything import EverythingSettings
 
-        everything = EverythingSettings(points_per_side=args.points_per_side,
-                                        min_area=args.min_area, max_area=args.max_area)
+        everything = EverythingSettings(
+            points_per_side=args.points_per_side, min_area=args.min_area, max_area=args.max_area
+        )
     kind: WorkKind = "prompts" if args.prompts else ("refine" if args.refine else "everything")
     work = Work(kind, everything)
     io = batch_io.BatchIO(output_class=args.class_name, region_class=args.regions)
     manifest = Manifest(out_dir)
-    jobs = batch_io.make_jobs(found, out_dir, settings, work, io, prompts_dir=prompts_dir,
-                              into_project=into_project, with_qupath=with_qupath,
-                              manifest=manifest)
+    jobs = batch_io.make_jobs(
+        found,
+        out_dir,
+        settings,
+        work,
+        io,
+        prompts_dir=prompts_dir,
+        into_project=into_project,
+        with_qupath=with_qupath,
+        manifest=manifest,
+    )
     settings_hash = settings_sha256(batch_io.settings_identity(settings, work, io))
     writer = None
     if with_qupath:
         assert found.project is not None
         writer = batch_io.QuPathProjectWriter(found.project)
-    where = (f"the Dask scheduler {args.scheduler}" if args.scheduler else
-             f"a local cluster of {workers} worker{'s' * (workers != 1)}"
-             f" x {args.threads_per_worker} thread{'s' * (args.threads_per_worker != 1)}")
-    target = ("into the QuPath project" if with_qupath else
-              "into the project's wsi-sam sidecars" if into_project else f"into {out_dir}")
+    where = (
+        f"the Dask scheduler {args.scheduler}"
+        if args.scheduler
+        else f"a local cluster of {workers} worker{'s' * (workers != 1)}"
+        f" x {args.threads_per_worker} thread{'s' * (args.threads_per_worker != 1)}"
+    )
+    target = (
+        "into the QuPath project"
+        if with_qupath
+        else "into the project's wsi-sam sidecars"
+        if into_project
+        else f"into {out_dir}"
+    )
     _say(f"{len(jobs)} slides ({found.kind}), {kind}, writing {target}; on {where}")
     started = time.perf_counter()
     previous = _stop_on_sigterm()
     try:
-        options = ClusterOptions(scheduler=args.scheduler, workers=workers,
-                                 threads_per_worker=args.threads_per_worker)
+        options = ClusterOptions(
+            scheduler=args.scheduler, workers=workers, threads_per_worker=args.threads_per_worker
+        )
         with open_client(options) as client:
             from engine.batch.executor import dashboard_link
 
             link = dashboard_link(client)
             if link:
                 _say(f"Dask dashboard: {link}")
-            report = run_batch(jobs, client, out_dir, settings_hash, force=args.force,
-                               retries=args.retries, progress=not args.no_progress,
-                               finish=writer)
+            report = run_batch(
+                jobs,
+                client,
+                out_dir,
+                settings_hash,
+                force=args.force,
+                retries=args.retries,
+                progress=not args.no_progress,
+                finish=writer,
+            )
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -219,11 +294,15 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     summary = out_dir / "summary.csv"
     skipped = f", {len(report.skipped)} complete already (skipped)" if report.skipped else ""
-    print(f"{report.done} slides done, {report.objects} objects in {elapsed:.1f} s{skipped}; "
-          f"summary: {summary}")
+    print(
+        f"{report.done} slides done, {report.objects} objects in {elapsed:.1f} s{skipped}; "
+        f"summary: {summary}"
+    )
     if report.failed:
         first = report.failed[0]
-        _say(f"{len(report.failed)} of {report.total} slides failed (see {summary}); first: "
-             f"{Path(first.slide).name}: {first.error}")
+        _say(
+            f"{len(report.failed)} of {report.total} slides failed (see {summary}); first: "
+            f"{Path(first.slide).name}: {first.error}"
+        )
         return 1
     return 0

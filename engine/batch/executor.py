@@ -161,8 +161,14 @@ class BatchReport:
 def _lost(job: SlideJob, exc: BaseException) -> SlideOutcome:
     """The outcome of a task that did not return (its workers kept dying, or a bug in Dask)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return SlideOutcome(job.key, job.slide, "failed", error=f"{type(exc).__name__}: {text}",
-                        output=job.output, input_sha256=job.input_sha256)
+    return SlideOutcome(
+        job.key,
+        job.slide,
+        "failed",
+        error=f"{type(exc).__name__}: {text}",
+        output=job.output,
+        input_sha256=job.input_sha256,
+    )
 
 
 def run_batch(
@@ -220,8 +226,9 @@ def run_batch(
     futures = {}
     run = uuid.uuid4().hex[:8]  # a key of its own per run: never an earlier run's result
     for job in todo:
-        future = client.submit(task, job, key=f"wsi-sam-batch-{run}-{job.key}",
-                               retries=retries, pure=False)
+        future = client.submit(
+            task, job, key=f"wsi-sam-batch-{run}-{job.key}", retries=retries, pure=False
+        )
         futures[future] = job
     last_summary = time.monotonic()
     objects = 0
@@ -274,5 +281,6 @@ def _progress_bar(total: int, progress: bool | TextIO) -> Any:
     from tqdm import tqdm
 
     stream = sys.stderr if progress is True else progress
-    return tqdm(total=total, unit="slide", desc="slides", file=stream, dynamic_ncols=True,
-                smoothing=0.1)
+    return tqdm(
+        total=total, unit="slide", desc="slides", file=stream, dynamic_ncols=True, smoothing=0.1
+    )

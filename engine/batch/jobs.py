@@ -77,8 +77,14 @@ class EngineSettings:
         return out
 
     def model_key(self) -> tuple[Any, ...]:
-        return (self.heads if self.mode == "wsi-sam" else "none", self.checkpoint, self.device,
-                self.backend, self.precision, self.threads)
+        return (
+            self.heads if self.mode == "wsi-sam" else "none",
+            self.checkpoint,
+            self.device,
+            self.backend,
+            self.precision,
+            self.threads,
+        )
 
 
 @dataclass(frozen=True)
@@ -352,7 +358,10 @@ def _provenance(
 
 
 def _run_prompts(
-    predictor: WsiSamPredictor, slide: Slide, specs: Sequence[PromptSpec], mode: str,
+    predictor: WsiSamPredictor,
+    slide: Slide,
+    specs: Sequence[PromptSpec],
+    mode: str,
     notes: _Notes,
 ) -> list[MadeObject]:
     from engine.wsi_predictor import PromptError
@@ -365,8 +374,7 @@ def _run_prompts(
         points = [list(p) for p in spec.points] or None
         labels = list(spec.labels) or None
         try:
-            result = predictor.segment(slide, box=spec.box, points=points, labels=labels,
-                                       mode=mode)
+            result = predictor.segment(slide, box=spec.box, points=points, labels=labels, mode=mode)
         except PromptError as exc:
             notes.add(f"prompt not used: {_one_line(exc)}")
             continue
@@ -375,15 +383,24 @@ def _run_prompts(
             continue
         kind = "box+points" if spec.box and points else ("box" if spec.box else "points")
         measurements, metadata = _provenance(
-            predictor.model, mode, kind, field=result.field, predicted_iou=result.score,
-            box=spec.box, points=points, labels=labels,
+            predictor.model,
+            mode,
+            kind,
+            field=result.field,
+            predicted_iou=result.score,
+            box=spec.box,
+            points=points,
+            labels=labels,
         )
         made.append(MadeObject(result.geometry, measurements, metadata, spec.carry, (index, 0)))
     return made
 
 
 def _run_refine(
-    predictor: WsiSamPredictor, slide: Slide, specs: Sequence[PromptSpec], mode: str,
+    predictor: WsiSamPredictor,
+    slide: Slide,
+    specs: Sequence[PromptSpec],
+    mode: str,
     notes: _Notes,
 ) -> list[MadeObject]:
     from engine.refine import refine_many
@@ -399,7 +416,11 @@ def _run_refine(
             notes.add(result.message or "not refined")
             continue
         measurements, metadata = _provenance(
-            predictor.model, mode, "refine", field=result.field, predicted_iou=result.score,
+            predictor.model,
+            mode,
+            "refine",
+            field=result.field,
+            predicted_iou=result.score,
             box=spec.geometry.bounds if spec.geometry is not None else None,
         )
         made.append(MadeObject(result.geometry, measurements, metadata, spec.carry, (index, 0)))
@@ -407,8 +428,12 @@ def _run_refine(
 
 
 def _run_everything(
-    predictor: WsiSamPredictor, slide: Slide, specs: Sequence[PromptSpec], mode: str,
-    settings: EverythingSettings | None, notes: _Notes,
+    predictor: WsiSamPredictor,
+    slide: Slide,
+    specs: Sequence[PromptSpec],
+    mode: str,
+    settings: EverythingSettings | None,
+    notes: _Notes,
 ) -> list[MadeObject]:
     from engine.everything import segment_everything
     from engine.wsi_predictor import PromptError
@@ -425,11 +450,18 @@ def _run_everything(
             continue
         for number, obj in enumerate(result.objects):
             measurements, metadata = _provenance(
-                predictor.model, mode, "everything", field=obj.field, predicted_iou=obj.score,
-                points=[obj.point], labels=[1], stability=obj.stability,
+                predictor.model,
+                mode,
+                "everything",
+                field=obj.field,
+                predicted_iou=obj.score,
+                points=[obj.point],
+                labels=[1],
+                stability=obj.stability,
             )
-            made.append(MadeObject(obj.geometry, measurements, metadata, spec.carry,
-                                   (index, number)))
+            made.append(
+                MadeObject(obj.geometry, measurements, metadata, spec.carry, (index, number))
+            )
     return made
 
 
@@ -437,8 +469,14 @@ def run_job(job: SlideJob) -> SlideOutcome:
     """Do one slide's work; return its summary row (never raises for the slide's problems)."""
     worker, _, _ = _worker_info()
     started = time.perf_counter()
-    outcome = SlideOutcome(job.key, job.slide, "failed", output=job.output,
-                           input_sha256=job.input_sha256, worker=worker)
+    outcome = SlideOutcome(
+        job.key,
+        job.slide,
+        "failed",
+        output=job.output,
+        input_sha256=job.input_sha256,
+        worker=worker,
+    )
     notes = _Notes()
     predictor = None
     try:

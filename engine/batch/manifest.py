@@ -48,7 +48,14 @@ __all__ = [
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
-    "slide", "objects_in", "objects_out", "seconds", "status", "error", "note", "output",
+    "slide",
+    "objects_in",
+    "objects_out",
+    "seconds",
+    "status",
+    "error",
+    "note",
+    "output",
 )
 # bytes read at each end of a slide for its fingerprint
 _FINGERPRINT_BYTES = 1 << 20
