@@ -234,3 +234,15 @@ def check_writable_file(
             raise UserError(f"{what} {path}: {folder} is a file, not a folder")
         raise UserError(f"{what} {path}: the folder {folder} does not exist; create it first")
     check_writable_dir(folder, what)
+
+
+def plain_error(exc: BaseException) -> str:
+    """The exception as a sentence for a dialog (our libraries' messages already are one)."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return "Out of memory."
+    if isinstance(exc, PermissionError):
+        return f"Permission denied: {exc.filename or text}"
+    if isinstance(exc, FileNotFoundError):
+        return f"File not found: {exc.filename or text}"
+    return text

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,10 @@ from PySide6.QtWidgets import (
 from app.controllers.engine_status import EngineController
 from app.controllers.preencode import PreencodeController
 from app.controllers.project_objects import ProjectObjectsController
+from app.controllers.saving import SaveController
 from app.dialogs import Prompter
 from app.engine_worker import EngineClient, OptionsFactory, ProgressFn, Segmenter
+from app.errors import plain_error
 from app.session.annotations import AnnotationStore
 from app.session.classes import ClassEntry, ClassList, default_classes
 from app.session.docks import AnnotationDock, ClassDock, ProjectDock, color_icon
@@ -72,18 +73,6 @@ def is_project_path(path: str | os.PathLike[str]) -> bool:
 # What the engine takes for level 0 when a file does not record its scale (WsiSamPredictor's
 # default_magnification).
 ASSUMED_MAGNIFICATION = 40.0
-
-
-def plain_error(exc: BaseException) -> str:
-    """The exception as a sentence for the user (our libraries' messages already are)."""
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, MemoryError):
-        return "Out of memory."
-    if isinstance(exc, PermissionError):
-        return f"Permission denied: {exc.filename or text}"
-    if isinstance(exc, FileNotFoundError):
-        return f"File not found: {exc.filename or text}"
-    return text
 
 
 class MainWindow(QMainWindow):
@@ -150,6 +139,7 @@ class MainWindow(QMainWindow):
         self.prompts = PromptController(self.view, self.engine, self)
         self.overlay = AnnotationOverlay(self.view, self.store, self.classes)
         self.project_objects = ProjectObjectsController(self)  # detection layer, Locate...
+        self.saving = SaveController(self)  # save into the project, GeoJSON out and in
 
         self.annotation_dock = AnnotationDock(self.store, self.classes, self)
         self.class_dock = ClassDock(self.classes, self)
@@ -617,141 +607,24 @@ class MainWindow(QMainWindow):
         return False
 
     # ======================================================================================
-    # saving
+    # saving (app/controllers/saving.py)
     def save(self) -> bool:
-        if self.project is not None and self.project_image is not None:
-            return self.save_to_project()
-        return self.ask_export_geojson()
+        return self.saving.save()
 
     def ask_export_geojson(self) -> bool:
-        if self.slide_path is None:
-            self.prompter.error("Nothing to export", "Open a slide first.")
-            return False
-        default = str(Path(self.slide_path).with_suffix(".geojson"))
-        path = self.prompter.ask_geojson_save_path(default)
-        return self.export_geojson(path) if path else False
+        return self.saving.ask_export_geojson()
 
     def export_geojson(self, path: str | os.PathLike[str]) -> bool:
-        import qupath_bridge
-
-        try:
-            objects = self.store.annotations() + self.project_objects.objects()
-            qupath_bridge.write_geojson(path, objects)
-        except Exception as exc:
-            self.prompter.error("Export failed", f"{path}\n\n{plain_error(exc)}")
-            return False
-        self._mark_saved(str(path))
-        return True
+        return self.saving.export_geojson(path)
 
     def save_to_project(self) -> bool:
-        """Write the annotations into the QuPath project (needs QuPath). Without QuPath they go
-        to the project's ``wsi-sam`` sidecar file (shown again on the next open), the user is
-        told why, and offered a GeoJSON export to import into QuPath by hand."""
-        import qupath_bridge
-
-        annotations = self.store.annotations()
-        removed = sorted(set(self._loaded_ids) - set(self.store.ids()))  # deleted by the user
-        try:
-            project = qupath_bridge.open_project(self.project.path, mode="r+")
-            try:
-                project.write_annotations(
-                    self._matching_image(project), annotations, replace_ids=removed
-                )
-            finally:
-                project.close()
-        except qupath_bridge.QuPathNotFoundError as exc:
-            try:
-                sidecar = self.project.write_sidecar(
-                    self.project_image, annotations, replace_ids=removed
-                )
-            except Exception as sidecar_exc:
-                if self.prompter.offer_geojson_instead(
-                    f"{plain_error(exc)}\n\nKeeping them in the project folder failed too: "
-                    f"{plain_error(sidecar_exc)}"
-                ):
-                    return self.ask_export_geojson()
-                return False
-            self._loaded_ids = self.store.ids()
-            self._mark_saved(str(sidecar))
-            if self.prompter.offer_geojson_instead(
-                f"{plain_error(exc)}\n\nYour {len(annotations)} annotations are saved in "
-                f"{sidecar} inside the project; WSI-SAM Studio shows them again when you reopen "
-                "this image, and writes them into QuPath's data once QuPath is found."
-            ):
-                self.ask_export_geojson()
-            return True
-        except Exception as exc:  # a read-only or damaged project: offer the export
-            if self.prompter.offer_geojson_instead(
-                f"Saving into the project failed: {plain_error(exc)}"
-            ):
-                return self.ask_export_geojson()
-            return False
-        self._loaded_ids = self.store.ids()
-        self._mark_saved(str(self.project.path))
-        return True
-
-    def _matching_image(self, project: Any) -> Any:
-        wanted = self.project_image.entry_id
-        for image in project.images:
-            if image.entry_id == wanted:
-                return image
-        raise ValueError(f"the image {self.project_image.name!r} is no longer in the project")
-
-    def _mark_saved(self, where: str) -> None:
-        if self.journal is not None:
-            self.journal.clear()
-        self._unsaved = False
-        self.undo_stack.setClean()
-        self._update_title()
-        self.statusBar().showMessage(f"Saved {len(self.store)} annotations to {where}", 10000)
-        self.saved.emit(where)
+        return self.saving.save_to_project()
 
     def ask_import_geojson(self) -> None:
-        if self.slide_path is None:
-            self.prompter.error("No slide", "Open a slide before importing annotations.")
-            return
-        path = self.prompter.ask_geojson_open_path(str(Path(self.slide_path).parent))
-        if path:
-            self.import_geojson(path)
+        self.saving.ask_import_geojson()
 
     def import_geojson(self, path: str | os.PathLike[str]) -> int:
-        import qupath_bridge
-
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", qupath_bridge.DuplicateIdWarning)
-                annotations = qupath_bridge.read_geojson(path)
-        except Exception as exc:
-            self.prompter.error("Cannot import GeoJSON", f"{path}\n\n{plain_error(exc)}")
-            return 0
-        for warning in caught:  # repeated ids were given fresh ones: say so
-            if issubclass(warning.category, qupath_bridge.DuplicateIdWarning):
-                self.prompter.error("Repeated ids in GeoJSON", str(warning.message))
-            else:
-                warnings.warn(warning.message, warning.category, stacklevel=1)
-        new = []
-        taken = set(self.store.ids())
-        for annotation in annotations:  # read_geojson gives repeated ids fresh ones already
-            if annotation.id not in taken:
-                taken.add(annotation.id)
-                new.append(annotation)
-        skipped = len(annotations) - len(new)
-        if skipped:
-            self.statusBar().showMessage(
-                f"{skipped} of the {len(annotations)} annotations in {Path(path).name} are "
-                "in the list already (same id) and were not imported again",
-                10000,
-            )
-        self.classes.merge(
-            ClassEntry.from_path_class(a.path_class)
-            for a in new
-            if a.path_class is not None and a.path_class.color is not None
-        )
-        self.undo_stack.beginMacro(f"Import {len(new)} annotations")
-        for annotation in new:
-            self.undo_stack.push(AddAnnotationCommand(self.store, annotation))
-        self.undo_stack.endMacro()
-        return len(new)
+        return self.saving.import_geojson(path)
 
     # ======================================================================================
     # prompts and annotations
