@@ -7,7 +7,6 @@ the slide's crash journal before the next event is handled (see ``app.session.jo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from PySide6.QtWidgets import (
     QToolBar,
 )
 
+from app.controllers.documents import DocumentController
 from app.controllers.engine_status import EngineController
 from app.controllers.preencode import PreencodeController
 from app.controllers.project_objects import ProjectObjectsController
@@ -45,9 +45,8 @@ from app.session.classes import ClassEntry, ClassList, default_classes
 from app.session.docks import AnnotationDock, ClassDock, ProjectDock, color_icon
 from app.session.journal import Journal, JournalRecorder
 from app.session.overlay import AnnotationOverlay
-from app.session.settings import add_recent_file, recent_files, save_classes, saved_classes
+from app.session.settings import recent_files, save_classes, saved_classes
 from app.session.slide_scale import (
-    apply_saved_scale,
     parse_scale,
     save_scale,
     scaled_slide_opener,
@@ -61,13 +60,7 @@ from app.session.undo import (
 from app.tools.prompt import PromptController
 
 APP_TITLE = "WSI-SAM Studio"
-PROJECT_SUFFIXES = (".qpproj",)
 CLICK_SLOP_PX = 4  # a press and release closer than this is a click (select), not a drag
-
-
-def is_project_path(path: str | os.PathLike[str]) -> bool:
-    p = Path(path)
-    return p.suffix.lower() in PROJECT_SUFFIXES or (p.is_dir() and (p / "project.qpproj").is_file())
 
 
 # What the engine takes for level 0 when a file does not record its scale (WsiSamPredictor's
@@ -140,6 +133,7 @@ class MainWindow(QMainWindow):
         self.overlay = AnnotationOverlay(self.view, self.store, self.classes)
         self.project_objects = ProjectObjectsController(self)  # detection layer, Locate...
         self.saving = SaveController(self)  # save into the project, GeoJSON out and in
+        self.documents = DocumentController(self)  # open and close slides and projects
 
         self.annotation_dock = AnnotationDock(self.store, self.classes, self)
         self.class_dock = ClassDock(self.classes, self)
@@ -413,198 +407,29 @@ class MainWindow(QMainWindow):
             self.edit_menu.addAction(action)
 
     # ======================================================================================
-    # opening
+    # opening (app/controllers/documents.py)
     def ask_open_slide(self) -> None:
-        path = self.prompter.ask_open_slide(self._start_dir())
-        if path:
-            self.open_path(path)
+        self.documents.ask_open_slide()
 
     def ask_open_project(self) -> None:
-        path = self.prompter.ask_open_project(self._start_dir())
-        if path:
-            self.open_project(path)
+        self.documents.ask_open_project()
 
     def open_path(self, path: str | os.PathLike[str]) -> bool:
         """Open a slide, or a QuPath project (``.qpproj`` or its folder)."""
-        if is_project_path(path):
-            return self.open_project(path)
-        return self.open_slide(path)
+        return self.documents.open_path(path)
 
     def open_slide(self, path: str | os.PathLike[str], _project_image: Any = None) -> bool:
         """Open a slide; False (after telling the user why) when it cannot be opened."""
-        if not self._settle_unsaved():
-            return False
-        path = str(Path(path).expanduser())
-        try:
-            if not Path(path).exists():
-                raise FileNotFoundError(2, "No such file", path)
-            opener = self._slide_opener
-            if opener is None:
-                import engine
-
-                opener = engine.open_slide
-            slide = opener(path)
-        except Exception as exc:
-            self.prompter.error("Cannot open slide", f"{path}\n\n{plain_error(exc)}")
-            return False
-        apply_saved_scale(slide, path)
-
-        self._close_slide()
-        if _project_image is None and self.project is not None:
-            self._close_project()
-        self.slide = slide
-        self.slide_path = path
-        self.project_image = _project_image
-        self.overlay.detach()
-        self.prompts.forget_scene_items()
-        self.view.set_slide(slide)
-        self.view.fit_to_window()
-        self.annotation_dock.mpp = getattr(slide, "mpp", None)
-
-        base = self._read_project_annotations(_project_image) if _project_image else []
-        self._loaded_ids = [a.id for a in base]
-        entry_id = getattr(_project_image, "entry_id", None) if _project_image else None
-        journal_target = (
-            str(self.project.path) if _project_image is not None and self.project else path
-        )
-        self.journal = Journal.for_slide(journal_target, entry_id if _project_image else None)
-        annotations = base
-        self._unsaved = False
-        damaged = self.journal.repair()  # damaged lines set aside, the good ones kept
-        if damaged is not None:
-            self.prompter.error("Crash journal damaged", damaged)
-        if self.journal.has_edits():
-            count = len(self.journal.edits())
-            if self.prompter.ask_restore(count, Path(path).name):
-                try:
-                    annotations = self.journal.replay(base)
-                    self._unsaved = True
-                except Exception as exc:
-                    self.prompter.error(
-                        "Cannot restore", f"The journal could not be read: {plain_error(exc)}"
-                    )
-                    self.journal.set_aside()
-            else:
-                self.journal.set_aside()
-        self.classes.merge(
-            ClassEntry.from_path_class(a.path_class)
-            for a in annotations
-            if a.path_class is not None and a.path_class.color is not None
-        )
-        self.store.set_all(annotations)
-        self.undo_stack.clear()
-        self._recorder = JournalRecorder(self.store, self.journal)
-        self.prompts.set_slide_path(path)
-        if _project_image is None:
-            add_recent_file(path)
-        self._update_title()
-        self._update_zoom_label()
-        self.statusBar().showMessage(self._describe_slide(slide), 10000)
-        self.slideOpened.emit(path)
-        return True
+        return self.documents.open_slide(path, _project_image)
 
     def open_project(self, path: str | os.PathLike[str]) -> bool:
-        if not self._settle_unsaved():
-            return False
-        try:
-            import qupath_bridge
-
-            project = qupath_bridge.open_project(path, mode="r")
-        except Exception as exc:
-            self.prompter.error("Cannot open QuPath project", f"{path}\n\n{plain_error(exc)}")
-            return False
-        self._close_slide()
-        self._close_project()
-        self.project = project
-        self.project_images = list(project.images)
-        self.project_dock.set_images(self.project_images)
-        self.project_dock.show()
-        self.classes.merge(
-            ClassEntry.from_path_class(pc) for pc in getattr(project, "path_classes", [])
-        )
-        add_recent_file(str(project.path))
-        self._update_title()
-        note = getattr(project, "version_warning", None)
-        if note:
-            self.prompter.error("Newer QuPath project", note)
-        first = next((i for i, im in enumerate(self.project_images) if im.exists), None)
-        if first is not None:
-            self.open_project_image(first)
-        elif self.project_images:
-            self.statusBar().showMessage(
-                "None of the project's images can be found on this computer", 10000
-            )
-            self.project_objects.offer_locate()
-        return True
+        return self.documents.open_project(path)
 
     def open_project_image(self, index: int) -> bool:
-        if self.project is None or not 0 <= index < len(self.project_images):
-            return False
-        image = self.project_images[index]
-        if image is self.project_image:
-            return True
-        if not image.exists or image.path is None:
-            return self.project_objects.offer_locate(index)  # says so, offers Locate...
-        ok = self.open_slide(image.path, _project_image=image)
-        if ok:
-            self.project_dock.set_current(index)
-        return ok
-
-    def _read_project_annotations(self, image: Any) -> list[Any]:
-        try:
-            objects = list(self.project.read_annotations(image))
-            return self.project_objects.take_layer_objects(objects)  # detections: the layer
-        except Exception as exc:
-            self.prompter.error(
-                "Cannot read the image's annotations",
-                f"{plain_error(exc)}\n\nNew annotations can still be made and exported as GeoJSON.",
-            )
-            return []
-
-    def _close_slide(self) -> None:
-        self.prompts.discard()
-        if self._recorder is not None:
-            self._recorder.detach()
-            self._recorder = None
-        if self.journal is not None:
-            self.journal.close()
-        if self.slide_path is not None:
-            self.engine.forget_slide(self.slide_path)
-        self.overlay.detach()
-        self.project_objects.clear()
-        self.prompts.forget_scene_items()
-        self.store.set_all([])
-        self.undo_stack.clear()
-        self.view.set_slide(None)
-        if self.slide is not None and hasattr(self.slide, "close"):
-            self.slide.close()
-        self.slide = None
-        self.slide_path = None
-        self.project_image = None
-        self._unsaved = False
-
-    def _close_project(self) -> None:
-        if self.project is not None and hasattr(self.project, "close"):
-            with contextlib.suppress(Exception):  # closing is best effort
-                self.project.close()
-        self.project = None
-        self.project_images = []
-        self.project_dock.set_images([])
-        self.project_dock.hide()
+        return self.documents.open_project_image(index)
 
     def _settle_unsaved(self) -> bool:
-        """Before leaving the slide: save, discard or stay. True when it is fine to go on."""
-        if not self._unsaved or self.slide_path is None:
-            return True
-        answer = self.prompter.ask_unsaved(Path(self.slide_path).name)
-        if answer == "save":
-            return self.save()
-        if answer == "discard":
-            if self.journal is not None:
-                self.journal.set_aside()
-            self._unsaved = False
-            return True
-        return False
+        return self.documents.settle_unsaved()
 
     # ======================================================================================
     # saving (app/controllers/saving.py)
