@@ -11,6 +11,7 @@
 #
 # Environment: SHARED (default ../shared), OUT (default out/retrain), PY (default .venv/bin/python)
 set -euo pipefail
+export PYTHONUNBUFFERED=1  # progress lines reach the log as they are printed (through tee)
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 OUT=${OUT:-out/retrain}
