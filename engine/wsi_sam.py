@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from engine._files import atomic_write_bytes
 from engine.sam.common import MLP, LayerNorm2d
+from engine.sam.pixelwise import upscale_dot
 from engine.sam.sam import Sam
 from engine.validation import non_finite_tensors, torch_load_reason
 
@@ -194,6 +195,35 @@ def _upsample_block(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+def _conv_block_dot(block: nn.Sequential, x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``einsum("bc,bchw->bhw", vectors, block(x_nchw))`` for a conv / norm / act / conv block.
+
+    x: (B, H, W, C) channels-last; vectors: (B, C_out) -> (B, H, W). The last convolution runs
+    with each item's vector folded into its kernel: n items give n x n maps, of which the
+    diagonal is kept, in groups of 4 items so that the waste stays small (torch's grouped
+    convolution would avoid it but is several times slower on CPUs). Everything stays
+    channels-last, gradients included: a channels-first gradient meeting channels-last
+    activations makes the backward pass several times slower.
+    """
+    last = block[3]
+    assert isinstance(last, nn.Conv2d) and last.bias is not None and len(block) == 4
+    kernels = torch.einsum("cmkl,bc->bmkl", last.weight, vectors)  # (B, C_mid, kh, kw)
+    parts = []
+    for start in range(0, x.shape[0], 4):
+        # sliced while channels-last (B, H, W, C), so that the slice's gradient is too
+        group = x[start : start + 4].permute(0, 3, 1, 2)
+        hidden = block[2](block[1](block[0](group)))
+        maps = F.conv2d(
+            hidden,
+            kernels[start : start + 4].contiguous(memory_format=torch.channels_last),
+            padding=last.padding,
+        )  # (n, n, H, W)
+        diagonal = torch.diagonal(maps.permute(0, 2, 3, 1), dim1=0, dim2=3)  # (H, W, n)
+        parts.append(diagonal.permute(2, 0, 1))
+    dots = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return dots + (vectors @ last.bias)[:, None, None]
+
+
 class WsiSamHead(nn.Module):
     """The learnable part of one resolution's mask decoder: token, token MLP and fusion module.
 
@@ -237,6 +267,33 @@ class WsiSamHead(nn.Module):
             + self.compress_vit_feat(features.early)
         )
         return fused
+
+    def fused_dot(
+        self, features: PatchFeatures, upscaled: torch.Tensor, token: torch.Tensor
+    ) -> torch.Tensor:
+        """``token · fuse(features, upscaled)`` at every pixel, computed without the fused map.
+
+        The token is applied to the last convolution of each fusion branch first (see
+        :func:`engine.sam.pixelwise.upscale_dot`), so those convolutions produce one channel
+        instead of 32; the training forward spends most of its time here. Equal to
+        ``einsum("bc,bchw->bhw", token, self.fuse(features, upscaled_nchw))`` within float
+        rounding.
+
+        Args:
+            features: embedding (B, 256, 64, 64) and early (B, 160, 64, 64).
+            upscaled: (B, 256, 256, 32) SAM's upscaled mask features, channels-last.
+            token: (B, 32) the merged token.
+        Returns:
+            (B, 256, 256).
+        """
+        batch = token.shape[0]
+        embedding = features.embedding.expand(batch, -1, -1, -1).permute(0, 2, 3, 1)
+        early = features.early.expand(batch, -1, -1, -1).permute(0, 2, 3, 1)
+        return (
+            upscale_dot(self.embedding_encoder, embedding.contiguous(), token)
+            + upscale_dot(self.compress_vit_feat, early.contiguous(), token)
+            + _conv_block_dot(self.embedding_maskfeature, upscaled, token)
+        )
 
     def forward(
         self,
@@ -419,17 +476,18 @@ class WsiSam(nn.Module):
             embeddings, image_pe, sparse, dense, extra_tokens=extra
         )
         head_tokens = tokens[:, 1 + decoder.num_mask_tokens, :]
-        upscaled = decoder.upscale(image_features)
+        # channels-last from the transformer's image tokens on: see engine.sam.pixelwise
+        upscaled = decoder.upscale_channels_last(image_features.permute(0, 2, 3, 1))
         hr_token = self.hr_head.token_mlp(head_tokens[:batch])
         lr_token = self.lr_head.token_mlp(head_tokens[batch:])
-        hr_fused = self.hr_head.fuse(hr, upscaled[:batch])
-        lr_fused = self.lr_head.fuse(lr, upscaled[batch:])
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         sam_hr, sam_lr = sam_hr_all[:, chosen], sam_lr_all[:, chosen]
         token = self.merge_tokens(hr_token, lr_token)
+        hr_dot = self.hr_head.fused_dot(hr, upscaled[:batch], token)
+        lr_dot = self.lr_head.fused_dot(lr, upscaled[batch:], token)
         return WsiSamOutput(
-            hr_logits=self._apply_token(token, hr_fused, sam_hr),
-            lr_logits=self._apply_token(token, lr_fused, sam_lr),
+            hr_logits=hr_dot[:, None] + sam_hr,
+            lr_logits=lr_dot[:, None] + sam_lr,
             sam_hr_logits=sam_hr,
             sam_lr_logits=sam_lr,
             iou_predictions=sam_iou[:, chosen],
