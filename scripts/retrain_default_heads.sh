@@ -21,7 +21,8 @@ MONUSEG=${MONUSEG:-$(ls -d "$SHARED"/datasets/MoNuSeg*/Test_Folder 2>/dev/null |
 CACHE=$OUT/feature_cache
 # f32: bf16 failed the same-seed f32/bf16 check of RETRAIN_RULE.md (2026-12-01, its "Result")
 PREC=${PREC:-f32}
-EPOCHS=20 EVERY=10 FOLDS=3 LIMIT=() CVTRAIN=(--train-images "$GLAS/Train_Folder/img" --train-masks "$GLAS/Train_Folder/labelcol")
+# the amounts of RETRAIN_RULE.md's "Amendment for compute" (2026-12-02)
+EPOCHS=8 EVERY=8 FOLDS=2 LIMIT=() CVTRAIN=(--train-images "$GLAS/Train_Folder/img" --train-masks "$GLAS/Train_Folder/labelcol")
 if [[ -n "${SMOKE:-}" ]]; then
   OUT=$OUT-smoke CACHE=$OUT/feature_cache EPOCHS=2 EVERY=2 LIMIT=(--limit 6)
   # a 2-image copy of the training split, so that cross-validation runs in minutes

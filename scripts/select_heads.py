@@ -5,6 +5,8 @@ every ``--every`` epochs on ``--val-images``/``--val-masks`` (mean HR Dice, nois
 points, several prompt seeds), next to SAM on the same prompts. Runs with a learning-rate drop
 branch off the matching constant-rate run just before the drop (same seed, so the epochs before
 the drop are identical), which halves the cost. Prints a table and writes ``selection.json``.
+Interrupted, it goes on where it stopped: finished runs are skipped, an unfinished one resumes
+after its last completed epoch (its state is written after every epoch).
 
     python scripts/select_heads.py --train-images T/img --train-masks T/labelcol \
         --val-images V/img --val-masks V/labelcol --image-magnification 20 \
@@ -37,7 +39,7 @@ from engine.train.data import ObjectSample, SlidePool, make_samples, usable
 from engine.train.features import FeatureCache
 from engine.train.holdout import evaluate_cached
 from engine.train.readers import read_label_map
-from engine.train.trainer import TrainConfig, train_heads
+from engine.train.trainer import TrainConfig, load_train_state, train_heads
 from engine.wsi_sam import WsiSam, load_wsi_sam
 
 PROMPTS = ("box", "3", "5", "10")
@@ -152,8 +154,8 @@ def main() -> int:
     splits: dict[str, tuple[list[ObjectSample], list[ObjectSample]]] = {}
     if args.folds is not None:
         try:
-            for k, split in enumerate(split_folds(per_image, args.folds)):
-                splits[f"fold{k}"] = split
+            for k, fold in enumerate(split_folds(per_image, args.folds)):
+                splits[f"fold{k}"] = fold
         except ValueError as exc:
             parser.error(str(exc))
     else:
@@ -193,8 +195,13 @@ def main() -> int:
             run_dir = args.out / name / split
             run_dir.mkdir(parents=True, exist_ok=True)
             state = run_dir / "heads.state.pt"
-            resume = False
-            if drop is not None:
+            # an interrupted run goes on after its last completed epoch (a branch only once it
+            # has got past the epoch it branched at)
+            completed = int(load_train_state(state)["epoch"]) if state.is_file() else 0
+            resume = completed > (0 if drop is None else args.drop_epoch - 1)
+            if resume:
+                print(f"{name} {split}: resuming after epoch {completed}")
+            elif drop is not None:
                 # branch off the constant-rate run at the epoch before the drop
                 parent_name = name.removesuffix("-drop")
                 parent = args.out / parent_name / split / f"state_{args.drop_epoch - 1}.pt"
@@ -205,7 +212,12 @@ def main() -> int:
                 resume = True
             model = load_wsi_sam(heads="none", device=args.device)
             cache = FeatureCache(args.cache, model)
-            scores: dict[str, Any] = {"settings": dataclasses.asdict(config), "n_objects": len(val)}
+            earlier = report.get(name, {}).get(split, {}) if resume else {}
+            scores: dict[str, Any] = {
+                "settings": dataclasses.asdict(config),
+                "n_objects": len(val),
+                **{k: v for k, v in earlier.items() if k.startswith("epoch_")},
+            }
             if split not in report["sam"]:
                 report["sam"][split] = {
                     "n_objects": len(val),
