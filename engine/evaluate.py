@@ -109,6 +109,21 @@ class SimulatedPrompt:
         return Prompts(points=pts, labels=torch.ones(pts.shape[:2], dtype=torch.int64)).to(device)
 
 
+def stack_prompts(prompts: Sequence[SimulatedPrompt], device: torch.device) -> Any:
+    """Prompts of one setting as one batch: boxes (B, 4), or points (B, k, 2) with labels."""
+    from engine.wsi_sam import Prompts
+
+    boxes = [p.box for p in prompts if p.box is not None]
+    if len(boxes) == len(prompts):
+        return Prompts(boxes=torch.as_tensor(np.stack(boxes), dtype=torch.float32)).to(device)
+    arrays = [p.points for p in prompts if p.points is not None]
+    if len(arrays) != len(prompts):
+        raise ValueError("a batch of prompts must be all boxes or all points")
+    points = torch.as_tensor(np.stack(arrays), dtype=torch.float32)
+    labels = torch.ones(points.shape[:2], dtype=torch.int64)
+    return Prompts(points=points, labels=labels).to(device)
+
+
 def simulate_prompt(
     hr_mask: np.ndarray, setting: str, seed: int, object_index: int
 ) -> SimulatedPrompt:
@@ -178,7 +193,7 @@ def evaluate(
     *,
     wsi: WsiSam | None = None,
     medsam: LiteMedSam | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     progress: bool = True,
     pool: SlidePool | None = None,
     on_object: Callable[[int, int], None] | None = None,
@@ -191,7 +206,8 @@ def evaluate(
         models: among :data:`MODELS`; ``sam`` and ``wsi-sam`` need ``wsi``, ``medsam`` needs
             ``medsam``.
         prompts: settings from :func:`parse_prompts`; MedSAM only runs with ``"box"``.
-        seed: fixes every prompt.
+        seed: fixes every prompt; several seeds give each object one prompt per seed and
+            setting (one result each), decoded together as one batch.
         features: the HR and LR encoder outputs of a sample, e.g. from a training feature cache,
             instead of encoding its patches (SAM and WSI-SAM then skip the encoder).
     """
@@ -199,6 +215,9 @@ def evaluate(
 
     models = parse_models(list(models))
     prompts = parse_prompts(list(prompts))
+    seed_list = [seed] if isinstance(seed, int) else [int(s) for s in seed]
+    if not seed_list:
+        raise ValueError("evaluate needs at least one prompt seed")
     if ("sam" in models or "wsi-sam" in models) and wsi is None:
         raise ValueError("SAM and WSI-SAM need a loaded WSI-SAM model (wsi=...)")
     if "medsam" in models and medsam is None:
@@ -217,6 +236,7 @@ def evaluate(
                 continue
             hr_features: PatchFeatures | None = None
             lr_features: PatchFeatures | None = None
+            hr_static: torch.Tensor | None = None
             if need_wsi and features is not None:
                 assert wsi is not None
                 hr_cached, lr_cached = features(sample)
@@ -234,7 +254,8 @@ def evaluate(
                 run.encoder_calls += 2
                 run.add_time("encode", time.perf_counter() - t0)
             for setting in prompts:
-                prompt = simulate_prompt(hr_mask, setting, seed, index)
+                # one prompt per seed, decoded as one batch over the object's field
+                simulated = [simulate_prompt(hr_mask, setting, s, index) for s in seed_list]
                 single_point = setting == "1"
 
                 def record(
@@ -258,31 +279,45 @@ def evaluate(
 
                 if need_wsi:
                     assert wsi is not None and hr_features is not None and lr_features is not None
-                    batch_prompts = prompt.to_prompts(wsi.device)
+                    batch_prompts = stack_prompts(simulated, wsi.device)
+                    # both models decode in torch, never on converted decoders: the figures
+                    # are those of the reference model, comparable with training's
                     with torch.no_grad():
                         if "wsi-sam" in models:
                             t0 = time.perf_counter()
-                            out = wsi(hr_features, lr_features, batch_prompts, single_point)
-                            hr_logits = out.hr_logits
-                            sam_logits = out.sam_hr_logits
-                            if single_point:
-                                hr_logits = _best_of(hr_logits, out.iou_predictions)
-                                sam_logits = _best_of(sam_logits, out.iou_predictions)
-                            record("wsi-sam", _upsampled_mask(hr_logits))
+                            if hr_static is None:  # the prompt-independent part, once per field
+                                hr_static = wsi.hr_static_features(hr_features)
+                            hr_logits, iou = wsi.predict_hr(
+                                hr_features,
+                                lr_features,
+                                batch_prompts,
+                                single_point,
+                                hr_static=hr_static,
+                                converted=False,
+                            )
+                            for b in range(len(seed_list)):
+                                logits_b = hr_logits[b : b + 1]
+                                if single_point:
+                                    logits_b = _best_of(logits_b, iou[b : b + 1])
+                                record("wsi-sam", _upsampled_mask(logits_b))
                             run.add_time("wsi-sam", time.perf_counter() - t0)
-                            if "sam" in models:  # SAM's own logits came with WSI-SAM's
-                                record("sam", _upsampled_mask(sam_logits))
-                        elif "sam" in models:
+                        if "sam" in models:
                             t0 = time.perf_counter()
-                            logits, iou = wsi.sam_forward(hr_features, batch_prompts, single_point)
-                            if single_point:
-                                logits = _best_of(logits, iou)
-                            record("sam", _upsampled_mask(logits))
+                            logits, iou = wsi.sam_forward(
+                                hr_features, batch_prompts, single_point, converted=False
+                            )
+                            for b in range(len(seed_list)):
+                                logits_b = logits[b : b + 1]
+                                if single_point:
+                                    logits_b = _best_of(logits_b, iou[b : b + 1])
+                                record("sam", _upsampled_mask(logits_b))
                             run.add_time("sam", time.perf_counter() - t0)
                 if "medsam" in models and setting == "box":
-                    assert medsam is not None and prompt.box is not None
+                    assert medsam is not None
                     t0 = time.perf_counter()
-                    record("medsam", medsam.segment(hr_image, prompt.box))
+                    for prompt in simulated:
+                        assert prompt.box is not None
+                        record("medsam", medsam.segment(hr_image, prompt.box))
                     run.add_time("medsam", time.perf_counter() - t0)
             if on_object is not None:
                 on_object(index + 1, len(samples))

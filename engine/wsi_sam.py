@@ -535,6 +535,7 @@ class WsiSam(nn.Module):
         prompts: Prompts,
         multimask_output: bool = False,
         hr_static: torch.Tensor | None = None,
+        converted: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference: the HR mask logits of :meth:`forward`, with only the work they need.
 
@@ -550,13 +551,15 @@ class WsiSam(nn.Module):
             prompts: B prompts on the HR patch.
             multimask_output: SAM's three multimask outputs as residuals (C = 3) instead of one.
             hr_static: (1 or B, 32, 256, 256) cached :meth:`hr_static_features`, or None.
+            converted: decode on the converted decoders when they are enabled; False always
+                decodes in torch (evaluation, comparable with training).
         Returns:
             HR mask logits (B, C, 256, 256) and SAM's IoU predictions (B, C).
         """
         hr_sparse, hr_dense = self._embed_prompts(prompts)
         lr_sparse, lr_dense = self._embed_prompts(prompts.to_lr())
         static = self.hr_static_features(hr) if hr_static is None else hr_static
-        decoders = self.decoder_backend
+        decoders = self.decoder_backend if converted else None
         if decoders is not None and decoders.heads_version == self.heads_version:
             logits, iou = decoders.decode_hr(
                 hr.embedding, lr.embedding, static, hr_sparse, lr_sparse, hr_dense, lr_dense
@@ -621,11 +624,17 @@ class WsiSam(nn.Module):
 
     @torch.no_grad()
     def sam_forward(
-        self, features: PatchFeatures, prompts: Prompts, multimask_output: bool = False
+        self,
+        features: PatchFeatures,
+        prompts: Prompts,
+        multimask_output: bool = False,
+        converted: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Plain SAM on one resolution: logits (B,C,256,256) and IoU predictions (B,C)."""
+        """Plain SAM on one resolution: logits (B,C,256,256) and IoU predictions (B,C).
+
+        ``converted`` as in :meth:`predict_hr`."""
         sparse, dense = self._embed_prompts(prompts)
-        decoders = self.decoder_backend
+        decoders = self.decoder_backend if converted else None
         if decoders is not None:
             masks, iou = decoders.decode_sam(features.embedding, sparse, dense)
         else:

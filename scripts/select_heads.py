@@ -93,11 +93,15 @@ def split_folds(
 
 
 def score(
-    model: WsiSam, cache: FeatureCache, samples: list[ObjectSample], seeds: list[int]
+    model: WsiSam,
+    cache: FeatureCache,
+    samples: list[ObjectSample],
+    seeds: list[int],
+    models: tuple[str, ...] = ("sam", "wsi-sam"),
 ) -> dict[str, dict[str, float]]:
-    """Mean Dice (percent) of WSI-SAM and SAM per prompt setting over objects x seeds: the
-    protocol of ``wsi-sam eval``, on the cached (unaugmented) encoder outputs."""
-    results = evaluate_cached(model, cache, samples, seeds)
+    """Mean Dice (percent) of ``models`` per prompt setting over objects x seeds: the protocol
+    of ``wsi-sam eval``, on the cached (unaugmented) encoder outputs."""
+    results = evaluate_cached(model, cache, samples, seeds, models)
     scores: dict[str, dict[str, float]] = {"wsi-sam": {}, "sam": {}}
     for row in summarise(results):
         scores[row.model][row.prompt] = row.dice
@@ -221,7 +225,7 @@ def main() -> int:
             if split not in report["sam"]:
                 report["sam"][split] = {
                     "n_objects": len(val),
-                    **score(model, cache, val, seeds)["sam"],
+                    **score(model, cache, val, seeds, ("sam",))["sam"],
                 }
                 print(f"SAM on {split}: {report['sam'][split]}")
                 save()
@@ -242,7 +246,7 @@ def main() -> int:
                     shutil.copyfile(run_dir / "heads.state.pt", run_dir / f"state_{epoch}.pt")
                 if epoch in check_epochs:
                     t0 = time.perf_counter()
-                    result = score(model, cache, val, seeds)["wsi-sam"]
+                    result = score(model, cache, val, seeds, ("wsi-sam",))["wsi-sam"]
                     scores[f"epoch_{epoch}"] = {"loss": loss, **result}
                     cells = "  ".join(f"{k} {v:.2f}" for k, v in result.items())
                     seconds = time.perf_counter() - t0

@@ -72,9 +72,13 @@ def split_holdout(samples: Sequence[ObjectSample], fraction: float) -> Holdout:
 
 
 def evaluate_cached(
-    model: Any, cache: Any, samples: Sequence[ObjectSample], seeds: Sequence[int] = (0,)
+    model: Any,
+    cache: Any,
+    samples: Sequence[ObjectSample],
+    seeds: Sequence[int] = (0,),
+    models: Sequence[str] = ("sam", "wsi-sam"),
 ) -> list[Any]:
-    """SAM and WSI-SAM results (``wsi-sam eval``'s protocol) for ``samples`` x ``seeds``, on the
+    """``models``' results (``wsi-sam eval``'s protocol) for ``samples`` x ``seeds``, on the
     cached unaugmented encoder outputs; the model's training mode is restored afterwards."""
     from engine.evaluate import evaluate
     from engine.train.augment import Augmentation
@@ -82,24 +86,21 @@ def evaluate_cached(
 
     was_training = model.training
     model.eval()
-    results: list[Any] = []
     try:
         with SlidePool() as pool:
-            for seed in seeds:
-                run = evaluate(
-                    list(samples),
-                    ["sam", "wsi-sam"],
-                    PROMPTS,
-                    wsi=model,
-                    seed=seed,
-                    progress=False,
-                    features=lambda sample: cache.features(sample, Augmentation(), pool),
-                )
-                results += run.results
+            run = evaluate(
+                list(samples),
+                list(models),
+                PROMPTS,
+                wsi=model,
+                seed=list(seeds),
+                progress=False,
+                features=lambda sample: cache.features(sample, Augmentation(), pool),
+            )
     finally:
         if was_training:
             model.train()
-    return results
+    return run.results
 
 
 def score_heldout(
