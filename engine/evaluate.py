@@ -99,15 +99,6 @@ class SimulatedPrompt:
     box: np.ndarray | None = None
     points: np.ndarray | None = None
 
-    def to_prompts(self, device: torch.device) -> Any:
-        from engine.wsi_sam import Prompts
-
-        if self.box is not None:
-            return Prompts(boxes=torch.as_tensor(self.box, dtype=torch.float32)[None]).to(device)
-        assert self.points is not None
-        pts = torch.as_tensor(self.points, dtype=torch.float32)[None]
-        return Prompts(points=pts, labels=torch.ones(pts.shape[:2], dtype=torch.int64)).to(device)
-
 
 def stack_prompts(prompts: Sequence[SimulatedPrompt], device: torch.device) -> Any:
     """Prompts of one setting as one batch: boxes (B, 4), or points (B, k, 2) with labels."""
@@ -277,6 +268,16 @@ def evaluate(
                         )
                     )
 
+                def record_each(
+                    model: str, logits: torch.Tensor, iou: torch.Tensor, best: bool = single_point
+                ) -> None:
+                    """One result per seed from (seeds, C, 256, 256) logits."""
+                    for b in range(logits.shape[0]):
+                        chosen = logits[b : b + 1]
+                        if best:  # one point: SAM's multimask output with the best IoU
+                            chosen = _best_of(chosen, iou[b : b + 1])
+                        record(model, _upsampled_mask(chosen))
+
                 if need_wsi:
                     assert wsi is not None and hr_features is not None and lr_features is not None
                     batch_prompts = stack_prompts(simulated, wsi.device)
@@ -295,22 +296,14 @@ def evaluate(
                                 hr_static=hr_static,
                                 converted=False,
                             )
-                            for b in range(len(seed_list)):
-                                logits_b = hr_logits[b : b + 1]
-                                if single_point:
-                                    logits_b = _best_of(logits_b, iou[b : b + 1])
-                                record("wsi-sam", _upsampled_mask(logits_b))
+                            record_each("wsi-sam", hr_logits, iou)
                             run.add_time("wsi-sam", time.perf_counter() - t0)
                         if "sam" in models:
                             t0 = time.perf_counter()
                             logits, iou = wsi.sam_forward(
                                 hr_features, batch_prompts, single_point, converted=False
                             )
-                            for b in range(len(seed_list)):
-                                logits_b = logits[b : b + 1]
-                                if single_point:
-                                    logits_b = _best_of(logits_b, iou[b : b + 1])
-                                record("sam", _upsampled_mask(logits_b))
+                            record_each("sam", logits, iou)
                             run.add_time("sam", time.perf_counter() - t0)
                 if "medsam" in models and setting == "box":
                     assert medsam is not None

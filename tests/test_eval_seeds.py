@@ -52,6 +52,15 @@ def _labels(folder: Path, labels: np.ndarray) -> Path:
     return path
 
 
+def _random_heads(model: WsiSam, seed: int) -> WsiSam:
+    """A copy of ``model`` with random heads, strong enough to change the masks."""
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for p in model.trainable_parameters():
+        p.data.normal_(0, 0.1)
+    return model
+
+
 def _dice_by_key(results: list) -> dict[tuple[str, str, str | None], list[float]]:  # type: ignore[type-arg]
     by_key: dict[tuple[str, str, str | None], list[float]] = defaultdict(list)
     for r in results:
@@ -63,10 +72,7 @@ def test_several_seeds_in_one_batch_equal_one_run_per_seed(
     fresh_wsi_sam: WsiSam,
     samples: list,  # type: ignore[type-arg]
 ) -> None:
-    model = copy.deepcopy(fresh_wsi_sam)
-    torch.manual_seed(5)
-    for p in model.trainable_parameters():  # heads that change the masks
-        p.data.normal_(0, 0.1)
+    model = _random_heads(fresh_wsi_sam, 5)
     settings = ["box", "1", "3"]
     batched = evaluate(
         samples, ["sam", "wsi-sam"], settings, wsi=model, seed=[0, 1, 2], progress=False
@@ -99,10 +105,7 @@ def test_evaluation_scores_the_training_forward(
     from engine.evaluate import _upsampled_mask, dice, simulate_prompt, stack_prompts
     from engine.train.data import target_masks
 
-    model = copy.deepcopy(fresh_wsi_sam)
-    torch.manual_seed(6)
-    for p in model.trainable_parameters():
-        p.data.normal_(0, 0.1)
+    model = _random_heads(fresh_wsi_sam, 6)
     run = evaluate(samples, ["wsi-sam"], ["box", "5"], wsi=model, seed=[0, 1], progress=False)
     got = _dice_by_key(run.results)
     with SlidePool() as pool:
