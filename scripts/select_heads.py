@@ -12,6 +12,10 @@ after its last completed epoch (its state is written after every epoch).
         --val-images V/img --val-masks V/labelcol --image-magnification 20 \
         --cache out/glas_train/feature_cache --out out/selection
 
+Several processes may share one ``--out`` (say one per setting, with ``--wait-for-parents`` on
+the process that runs the ``-drop`` branches): each merges its own runs into ``selection.json``
+under a file lock, so none overwrites another's scores.
+
 The validation objects are encoded once into the same feature cache, so scoring a snapshot
 only runs the decoders.
 
@@ -30,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock  # a dependency of torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -138,6 +144,11 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--wait-for-parents",
+        action="store_true",
+        help="a -drop branch waits for its parent's state (run by another process on this --out)",
+    )
+    parser.add_argument(
         "--train-precision",
         choices=("f32", "bf16"),
         default="f32",
@@ -173,14 +184,24 @@ def main() -> int:
     print(f"prompt seeds {seeds}")
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / "selection.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    lock = FileLock(str(report_path) + ".lock")
+
+    def read_report() -> dict[str, Any]:
+        return json.loads(report_path.read_text()) if report_path.is_file() else {}
+
+    with lock:
+        report = read_report()
     report.setdefault("sam", {})
     check_epochs = set(range(args.every, args.epochs + 1, args.every))
 
-    def save() -> None:
-        tmp = report_path.with_name(report_path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(report_path)
+    def save(name: str, split: str) -> None:
+        # merge this one run into what is on disk: another process may own other runs
+        with lock:
+            on_disk = read_report()
+            on_disk.setdefault(name, {})[split] = report[name][split]
+            tmp = report_path.with_name(report_path.name + ".tmp")
+            tmp.write_text(json.dumps(on_disk, indent=1))
+            tmp.replace(report_path)
 
     for name in names:
         for split, (train, val) in splits.items():
@@ -209,6 +230,10 @@ def main() -> int:
                 # branch off the constant-rate run at the epoch before the drop
                 parent_name = name.removesuffix("-drop")
                 parent = args.out / parent_name / split / f"state_{args.drop_epoch - 1}.pt"
+                if not parent.is_file() and args.wait_for_parents:
+                    print(f"{name} {split}: waiting for {parent}")
+                    while not parent.is_file():
+                        time.sleep(30)
                 if not parent.is_file():
                     print(f"{name}: needs {parent} (run {parent_name} first)")
                     return 2
@@ -228,7 +253,7 @@ def main() -> int:
                     **score(model, cache, val, seeds, ("sam",))["sam"],
                 }
                 print(f"SAM on {split}: {report['sam'][split]}")
-                save()
+                save("sam", split)
 
             def on_epoch(
                 epoch: int,
@@ -243,7 +268,10 @@ def main() -> int:
                 drop: int | None = drop,
             ) -> None:
                 if drop is None and epoch == args.drop_epoch - 1:
-                    shutil.copyfile(run_dir / "heads.state.pt", run_dir / f"state_{epoch}.pt")
+                    # copy, then rename: a branch in another process may be waiting for it
+                    branch_point = run_dir / f"state_{epoch}.pt"
+                    shutil.copyfile(run_dir / "heads.state.pt", branch_point.with_suffix(".tmp"))
+                    branch_point.with_suffix(".tmp").replace(branch_point)
                 if epoch in check_epochs:
                     t0 = time.perf_counter()
                     result = score(model, cache, val, seeds, ("wsi-sam",))["wsi-sam"]
@@ -254,7 +282,7 @@ def main() -> int:
                         f"{name} {split} epoch {epoch}: loss {loss:.4f}  {cells}  ({seconds:.0f} s)"
                     )
                     report.setdefault(name, {})[split] = scores
-                    save()
+                    save(name, split)
 
             t0 = time.perf_counter()
             train_heads(
@@ -271,15 +299,18 @@ def main() -> int:
             scores["seconds"] = time.perf_counter() - t0
             scores["done"] = True
             report.setdefault(name, {})[split] = scores
-            save()
+            save(name, split)
 
+    with lock:
+        report = read_report()  # with the runs of any other process on this --out
     split_names = list(splits)
     sam = pooled([(report["sam"][s]["n_objects"], report["sam"][s]) for s in split_names])
     print(
         f"\nheld-out Dice (%) pooled over {', '.join(split_names)}; WSI-SAM minus SAM in brackets"
     )
     print("setting / epoch | " + " | ".join(PROMPTS))
-    for name in names:
+    # this process's settings, then those another process on this --out has run
+    for name in names + [n for n in SETTINGS if n in report and n not in names]:
         runs = [report.get(name, {}).get(s, {}) for s in split_names]
         done = [{int(k[6:]) for k in r if k.startswith("epoch_")} for r in runs]
         epochs = sorted(set.intersection(*done)) if done else []
