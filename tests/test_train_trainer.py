@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,25 @@ def test_cache_makes_later_epochs_and_runs_skip_the_encoder(tmp_path: Path) -> N
     )
     assert again.encode_calls == second.encoder_calls == 0
     assert cache2.hits == 4
+
+
+def test_cache_keys_follow_the_content_not_the_modification_time(tmp_path: Path) -> None:
+    """A data set copied back in place (new mtime, same bytes) keeps its entries; new bytes
+    of the same size do not."""
+    sample = _synthetic_samples(tmp_path, 1)[0]
+    cache = FeatureCache(tmp_path / "cache", FakeWsiSam())  # type: ignore[arg-type]
+    identity = Augmentation()
+    before = cache.key(sample, identity)
+    data = sample.source.read_bytes()
+    sample.source.unlink()
+    sample.source.write_bytes(data)
+    os.utime(sample.source, ns=(1, 1))
+    assert cache.key(sample, identity) == before
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0xFF  # same size, one byte in the middle of a small file
+    sample.source.write_bytes(bytes(changed))
+    os.utime(sample.source, ns=(2, 2))
+    assert cache.key(sample, identity) != before
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:

@@ -3,12 +3,15 @@
 The encoder is frozen, so its outputs for a field never change: they are computed once and stored
 in half precision (``torch.save`` of four float16 tensors, about 6.8 MB per field: HR and LR
 embedding (256, 64, 64) and early feature (160, 64, 64)). The file name is a hash of the source
-file (resolved path, size, modification time), the field, the augmentation and a fingerprint of
-the encoder weights, so a changed image or a different encoder never reads stale features.
+file (resolved path, size, and a hash of its first and last MiB), the field, the augmentation and
+a fingerprint of the encoder weights, so a changed image or a different encoder never reads stale
+features. The file's content, not its modification time: a data set that is copied or
+re-provisioned in place (a fresh checkout, a restored backup) keeps its entries.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -42,12 +45,29 @@ def encoder_fingerprint(model: WsiSam) -> str:
     return digest.hexdigest()[:16]
 
 
+CONTENT_SPAN = 1 << 20  # bytes hashed at each end of a source file
+
+
 def _source_stamp(path: Path) -> str:
+    """Resolved path, size and a hash of the first and last MiB of ``path``."""
     try:
-        stat = path.stat()
-        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        resolved = path.resolve()
+        stat = resolved.stat()
+        return _content_stamp(str(resolved), stat.st_size, stat.st_mtime_ns)
     except OSError:
         return str(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_stamp(resolved: str, size: int, mtime_ns: int) -> str:
+    # mtime_ns only keys the memo (a rewritten file is hashed again); it is not in the stamp
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as f:
+        digest.update(f.read(CONTENT_SPAN))
+        if size > CONTENT_SPAN:
+            f.seek(max(CONTENT_SPAN, size - CONTENT_SPAN))
+            digest.update(f.read(CONTENT_SPAN))
+    return f"{resolved}|{size}|{digest.hexdigest()[:32]}"
 
 
 @dataclass
