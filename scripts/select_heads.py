@@ -285,7 +285,7 @@ def main() -> int:
                     save(name, split)
 
             t0 = time.perf_counter()
-            train_heads(
+            result = train_heads(
                 model,
                 train,
                 config,
@@ -296,6 +296,9 @@ def main() -> int:
                 progress=False,
                 on_epoch=on_epoch,
             )
+            if args.epochs in check_epochs and f"epoch_{args.epochs}" not in scores:
+                # stopped while scoring its last epoch: the model holds that epoch's heads now
+                on_epoch(args.epochs, result.epoch_losses[-1])
             scores["seconds"] = time.perf_counter() - t0
             scores["done"] = True
             report.setdefault(name, {})[split] = scores
