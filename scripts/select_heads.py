@@ -233,6 +233,9 @@ def main() -> int:
                 if not parent.is_file() and args.wait_for_parents:
                     print(f"{name} {split}: waiting for {parent}")
                     while not parent.is_file():
+                        with lock:  # a parent that finished without it will never write it
+                            if read_report().get(parent_name, {}).get(split, {}).get("done"):
+                                break
                         time.sleep(30)
                 if not parent.is_file():
                     print(f"{name}: needs {parent} (run {parent_name} first)")
