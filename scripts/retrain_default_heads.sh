@@ -9,12 +9,16 @@
 #                                                   (default: all)
 #   SMOKE=1 scripts/retrain_default_heads.sh        a tiny version (a few objects, 1 epoch)
 #
-# Environment: SHARED (default ../shared), OUT (default out/retrain), PY (default .venv/bin/python)
+# Environment: SHARED (default ../shared), OUT (default out/retrain: the feature cache and other
+# files that a new machine can make again), RUNS (default runs/retrain_default_heads, tracked in
+# git: the cross-validation's selection.json and the training states, so that a session that
+# ends, or a new checkout, loses no finished run), PY (default .venv/bin/python)
 set -euo pipefail
 export PYTHONUNBUFFERED=1  # progress lines reach the log as they are printed (through tee)
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 OUT=${OUT:-out/retrain}
+RUNS=${RUNS:-runs/retrain_default_heads}
 PY=${PY:-.venv/bin/python}
 GLAS=$SHARED/datasets/GlaS_png__McGregorWwww_UDTransNet
 MONUSEG=${MONUSEG:-$(ls -d "$SHARED"/datasets/MoNuSeg*/Test_Folder 2>/dev/null | head -1)}
@@ -24,7 +28,8 @@ PREC=${PREC:-f32}
 # the amounts of RETRAIN_RULE.md's "Amendment for compute" (2026-12-02)
 EPOCHS=8 EVERY=8 FOLDS=2 LIMIT=() CVTRAIN=(--train-images "$GLAS/Train_Folder/img" --train-masks "$GLAS/Train_Folder/labelcol")
 if [[ -n "${SMOKE:-}" ]]; then
-  OUT=$OUT-smoke CACHE=$OUT/feature_cache EPOCHS=2 EVERY=2 LIMIT=(--limit 6)
+  OUT=$OUT-smoke CACHE=$OUT/feature_cache RUNS=$OUT/runs EPOCHS=2 EVERY=2
+  LIMIT=(--limit 6)
   # a 2-image copy of the training split, so that cross-validation runs in minutes
   mkdir -p "$OUT/train/img" "$OUT/train/labelcol"
   for i in 1 2; do
@@ -63,9 +68,9 @@ for step in "${STEPS[@]}"; do
     $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs 1 --quiet \
       --train-precision "$PREC" --out "$OUT/warmup/heads.pt" | tee -a "$OUT/retrain.log" ;;
   cv)     # 2. cross-validation by image over the training split (RETRAIN_RULE.md's candidates)
-    log "cross-validation -> $OUT/cv"
+    log "cross-validation -> $RUNS/cv"
     CV=($PY scripts/select_heads.py "${CVTRAIN[@]}" --folds "$FOLDS" --image-magnification 20
-        --cache "$CACHE" --out "$OUT/cv" --epochs "$EPOCHS" --every "$EVERY" --drop-epoch "$DROP"
+        --cache "$CACHE" --out "$RUNS/cv" --epochs "$EPOCHS" --every "$EVERY" --drop-epoch "$DROP"
         --train-precision "$PREC")
     # two processes on half the cores each: on the 2-core machine, two 1-thread training steps
     # side by side did 1.39 objects/s against 1.08 for one on 2 threads (bench_train_step.py,
@@ -81,22 +86,22 @@ for step in "${STEPS[@]}"; do
     EXTRA=()
     [[ $SETTING == paper-object* ]] && EXTRA+=(--prompt-mixing object)
     [[ $SETTING == *-drop ]] && EXTRA+=(--lr-drop-epoch "$DROP")
-    RESUME=(); [[ -f $OUT/final/heads.state.pt && ! -f $OUT/final/heads.pt ]] && RESUME=(--resume)
-    log "final training ($SETTING) -> $OUT/final/heads.pt"
+    RESUME=(); [[ -f $RUNS/final/heads.state.pt && ! -f $RUNS/final/heads.pt ]] && RESUME=(--resume)
+    log "final training ($SETTING) -> $RUNS/final/heads.pt"
     $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs "$EPOCHS" \
       --batch-size 4 --train-precision "$PREC" --quiet "${EXTRA[@]}" "${RESUME[@]}" \
-      --out "$OUT/final/heads.pt" | tee -a "$OUT/retrain.log" ;;
+      --out "$RUNS/final/heads.pt" | tee -a "$OUT/retrain.log" ;;
   eval)   # 4. once, after the choice: GlaS test images and MoNuSeg, as the model card runs them
-    log "test evaluation -> $OUT/eval_glas, $OUT/eval_monuseg"
+    log "test evaluation -> $RUNS/eval_glas, $RUNS/eval_monuseg"
     $PY -m app eval --images "$GLAS/Test_Folder/img" --masks "$GLAS/Test_Folder/labelcol" \
       --image-magnification 20 --dataset GlaS --models sam,wsi-sam,medsam --prompts box,3,5,10 \
-      --seed 0 "${LIMIT[@]}" --heads "$OUT/final/heads.pt" --out "$OUT/eval_glas" \
+      --seed 0 "${LIMIT[@]}" --heads "$RUNS/final/heads.pt" --out "$RUNS/eval_glas" \
       | tee -a "$OUT/retrain.log"
     if [[ -n $MONUSEG ]]; then
       $PY -m app eval --images "$MONUSEG/img" --masks "$MONUSEG/labelcol" \
         --image-magnification 40 --adaptive --limit 40 "${LIMIT[@]}" --dataset MoNuSeg \
         --models sam,wsi-sam,medsam --prompts box,3,5,10 --seed 0 \
-        --heads "$OUT/final/heads.pt" --out "$OUT/eval_monuseg" | tee -a "$OUT/retrain.log"
+        --heads "$RUNS/final/heads.pt" --out "$RUNS/eval_monuseg" | tee -a "$OUT/retrain.log"
     fi ;;
   *) echo "unknown step $step (precision cache cv final eval)" >&2; exit 2 ;;
   esac

@@ -120,6 +120,43 @@ def pooled(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
     return {p: sum(n * cells[p] for n, cells in parts) / total for p in PROMPTS}
 
 
+def feature_precision(model: WsiSam) -> str:
+    """The precision of the encoder outputs the scores are computed on ("f32", "bf16", ...).
+
+    Runs scored on bf16 features are compared with SAM on bf16 features, f32 with f32: a
+    cross-validation that moves to a machine without native bf16 goes on with f32 features.
+    """
+    backend = getattr(model.sam, "encoder_backend", None)
+    return str(getattr(backend, "precision", "f32")) if backend is not None else "f32"
+
+
+def gains_table(
+    report: dict[str, Any], names: list[str], split_names: list[str]
+) -> list[tuple[str, int, dict[str, float], dict[str, float]]]:
+    """(setting, epoch, pooled Dice, pooled gain over SAM) for each epoch scored on every split.
+
+    The gain of a split is measured against SAM on the same split and the same features; the
+    pooled gain is the object-weighted mean of the splits' gains.
+    """
+    rows = []
+    for name in names:
+        runs = [report.get(name, {}).get(s, {}) for s in split_names]
+        done = [{int(k[6:]) for k in r if k.startswith("epoch_")} for r in runs]
+        for epoch in sorted(set.intersection(*done)) if done else []:
+            cells, gains = [], []
+            for split, run in zip(split_names, runs, strict=True):
+                scored = run[f"epoch_{epoch}"]
+                # runs scored before the features were recorded read bf16 ones (sessions 6-7)
+                sam = report["sam"].get(split, {}).get(scored.get("features", "bf16"))
+                if sam is None:
+                    break
+                cells.append((run["n_objects"], scored))
+                gains.append((run["n_objects"], {p: scored[p] - sam[p] for p in PROMPTS}))
+            else:
+                rows.append((name, epoch, pooled(cells), pooled(gains)))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-images", type=Path, required=True)
@@ -222,8 +259,11 @@ def main() -> int:
             state = run_dir / "heads.state.pt"
             # an interrupted run goes on after its last completed epoch (a branch only once it
             # has got past the epoch it branched at)
-            completed = int(load_train_state(state)["epoch"]) if state.is_file() else 0
-            resume = completed > (0 if drop is None else args.drop_epoch - 1)
+            saved = load_train_state(state) if state.is_file() else None
+            completed = int(saved["epoch"]) if saved else 0
+            # a branch's own state (not yet past the drop when it trained the epochs before it)
+            own = saved is not None and json.loads(saved["config"]).get("lr_drop_epoch") == drop
+            resume = completed > (0 if drop is None or own else args.drop_epoch - 1)
             if resume:
                 print(f"{name} {split}: resuming after epoch {completed}")
             elif drop is not None:
@@ -237,25 +277,39 @@ def main() -> int:
                             if read_report().get(parent_name, {}).get(split, {}).get("done"):
                                 break
                         time.sleep(30)
-                if not parent.is_file():
+                with lock:
+                    parent_done = read_report().get(parent_name, {}).get(split, {}).get("done")
+                if parent.is_file():
+                    shutil.copyfile(parent, state)
+                    resume = True
+                elif parent_done:
+                    # the parent finished but its state is gone (a new working folder): train
+                    # the epochs before the drop again; same seed and schedule, so the same run
+                    print(
+                        f"{name} {split}: {parent} is gone; training epochs "
+                        f"1-{args.drop_epoch - 1} again before the drop"
+                    )
+                else:
                     print(f"{name}: needs {parent} (run {parent_name} first)")
                     return 2
-                shutil.copyfile(parent, state)
-                resume = True
             model = load_wsi_sam(heads="none", device=args.device)
             cache = FeatureCache(args.cache, model)
+            features = feature_precision(model)
             earlier = report.get(name, {}).get(split, {}) if resume else {}
             scores: dict[str, Any] = {
                 "settings": dataclasses.asdict(config),
                 "n_objects": len(val),
                 **{k: v for k, v in earlier.items() if k.startswith("epoch_")},
             }
-            if split not in report["sam"]:
-                report["sam"][split] = {
+            if features not in report["sam"].get(split, {}):
+                with lock:  # another process may have scored it meanwhile
+                    report["sam"][split] = read_report().get("sam", {}).get(split, {})
+            if features not in report["sam"][split]:
+                report["sam"][split][features] = {
                     "n_objects": len(val),
                     **score(model, cache, val, seeds, ("sam",))["sam"],
                 }
-                print(f"SAM on {split}: {report['sam'][split]}")
+                print(f"SAM on {split} ({features} features): {report['sam'][split][features]}")
                 save("sam", split)
 
             def on_epoch(
@@ -269,6 +323,7 @@ def main() -> int:
                 split: str = split,
                 val: list[ObjectSample] = val,
                 drop: int | None = drop,
+                features: str = features,
             ) -> None:
                 if drop is None and epoch == args.drop_epoch - 1:
                     # copy, then rename: a branch in another process may be waiting for it
@@ -278,7 +333,7 @@ def main() -> int:
                 if epoch in check_epochs:
                     t0 = time.perf_counter()
                     result = score(model, cache, val, seeds, ("wsi-sam",))["wsi-sam"]
-                    scores[f"epoch_{epoch}"] = {"loss": loss, **result}
+                    scores[f"epoch_{epoch}"] = {"loss": loss, "features": features, **result}
                     cells = "  ".join(f"{k} {v:.2f}" for k, v in result.items())
                     seconds = time.perf_counter() - t0
                     print(
@@ -310,21 +365,21 @@ def main() -> int:
     with lock:
         report = read_report()  # with the runs of any other process on this --out
     split_names = list(splits)
-    sam = pooled([(report["sam"][s]["n_objects"], report["sam"][s]) for s in split_names])
     print(
-        f"\nheld-out Dice (%) pooled over {', '.join(split_names)}; WSI-SAM minus SAM in brackets"
+        f"\nheld-out Dice (%) pooled over {', '.join(split_names)}; in brackets WSI-SAM minus "
+        "SAM on the same objects and features, pooled"
     )
     print("setting / epoch | " + " | ".join(PROMPTS))
     # this process's settings, then those another process on this --out has run
-    for name in names + [n for n in SETTINGS if n in report and n not in names]:
-        runs = [report.get(name, {}).get(s, {}) for s in split_names]
-        done = [{int(k[6:]) for k in r if k.startswith("epoch_")} for r in runs]
-        epochs = sorted(set.intersection(*done)) if done else []
-        for epoch in epochs:
-            cells = pooled([(r["n_objects"], r[f"epoch_{epoch}"]) for r in runs])
-            row = " | ".join(f"{cells[p]:.2f} ({cells[p] - sam[p]:+.2f})" for p in PROMPTS)
-            print(f"{name} {epoch} | {row}")
-    print("SAM | " + " | ".join(f"{sam[p]:.2f}" for p in PROMPTS))
+    others = [n for n in SETTINGS if n in report and n not in names]
+    for name, epoch, cells, gains in gains_table(report, names + others, split_names):
+        row = " | ".join(f"{cells[p]:.2f} ({gains[p]:+.2f})" for p in PROMPTS)
+        print(f"{name} {epoch} | {row}")
+    for precision in ("bf16", "f32"):
+        sam_runs = [report["sam"].get(s, {}).get(precision) for s in split_names]
+        if all(sam_runs):
+            sam = pooled([(r["n_objects"], r) for r in sam_runs if r])
+            print(f"SAM ({precision} features) | " + " | ".join(f"{sam[p]:.2f}" for p in PROMPTS))
     return 0
 
 
