@@ -147,8 +147,10 @@ def gains_table(
             for split, run in zip(split_names, runs, strict=True):
                 scored = run[f"epoch_{epoch}"]
                 # runs scored before the features were recorded read bf16 ones (sessions 6-7)
-                sam = report["sam"].get(split, {}).get(scored.get("features", "bf16"))
-                if sam is None:
+                features = scored.get("features", "bf16")
+                sam = report["sam"].get(split, {}).get(features)
+                if sam is None:  # say so: a row left out silently would skew the choice
+                    print(f"{name} {epoch}: no SAM score on {split} with {features} features")
                     break
                 cells.append((run["n_objects"], scored))
                 gains.append((run["n_objects"], {p: scored[p] - sam[p] for p in PROMPTS}))
