@@ -5,7 +5,7 @@
 # completed epochs are kept). Hours on a 2-core CPU; nothing here looks at the test images
 # before step 4.
 #
-#   scripts/retrain_default_heads.sh [step ...]     steps: precision cache cv final eval
+#   scripts/retrain_default_heads.sh [step ...]     steps: precision cache cv final-shared final eval
 #                                                   (default: all)
 #   SMOKE=1 scripts/retrain_default_heads.sh        a tiny version (a few objects, 1 epoch)
 #
@@ -45,6 +45,21 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/retrain.log"; }
 TRAIN=(--images "$GLAS/Train_Folder/img" --masks "$GLAS/Train_Folder/labelcol"
        --image-magnification 20 --dataset GlaS --seed 0 --device cpu --cache "$CACHE")
 
+# Epochs 1..DROP-1 of the final training are the same for paper-object and paper-object-drop (same
+# seed, constant rate before the drop), so they may run before the choice; resuming from their
+# state is the same run as training straight through (test_resume_continues_exactly).
+train_final_shared() {
+  local sh=$RUNS/final/shared resume=()
+  [[ -f $sh/state_$((DROP - 1)).pt ]] && return 0
+  [[ -f $sh/heads.state.pt ]] && resume=(--resume)
+  log "final training, epochs 1-$((DROP - 1)) shared by paper-object(-drop) -> $sh"
+  $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs "$((DROP - 1))" \
+    --batch-size 4 --train-precision "$PREC" --quiet --prompt-mixing object "${resume[@]}" \
+    --out "$sh/heads.pt" | tee -a "$OUT/retrain.log"
+  # the branch point, tracked in git (heads.pt is not: the state makes it again)
+  mv "$sh/heads.state.pt" "$sh/state_$((DROP - 1)).pt"
+}
+
 for step in "${STEPS[@]}"; do
   case $step in
   precision)  # 0. the same-seed f32/bf16 check of RETRAIN_RULE.md, on training images 1-12
@@ -81,12 +96,21 @@ for step in "${STEPS[@]}"; do
     "${CV[@]}" --settings paper,paper-object-drop --wait-for-parents | tee -a "$OUT/retrain.log"
     wait "$PARENT"
     unset OMP_NUM_THREADS ;;
+  final-shared)  # 3a. the final training's first epochs (see train_final_shared)
+    train_final_shared ;;
   final)  # 3. the chosen setting on all training images; SETTING=paper|paper-object|paper-object-drop
     SETTING=${SETTING:?"set SETTING to the candidate the rule chose (RETRAIN_RULE.md)"}
     EXTRA=()
     [[ $SETTING == paper-object* ]] && EXTRA+=(--prompt-mixing object)
     [[ $SETTING == *-drop ]] && EXTRA+=(--lr-drop-epoch "$DROP")
     RESUME=(); [[ -f $RUNS/final/heads.state.pt && ! -f $RUNS/final/heads.pt ]] && RESUME=(--resume)
+    if [[ $SETTING == paper-object* && ${#RESUME[@]} -eq 0 && ! -f $RUNS/final/heads.pt ]]; then
+      # start from the shared epochs (resuming them is the same run as training straight through)
+      train_final_shared
+      cp "$RUNS/final/shared/state_$((DROP - 1)).pt" "$RUNS/final/heads.state.pt"
+      cp "$RUNS/final/shared/heads.log.jsonl" "$RUNS/final/heads.log.jsonl"
+      RESUME=(--resume)
+    fi
     log "final training ($SETTING) -> $RUNS/final/heads.pt"
     $PY -m app train "${TRAIN[@]}" "${LIMIT[@]}" --augment-variants 2 --epochs "$EPOCHS" \
       --batch-size 4 --train-precision "$PREC" --quiet "${EXTRA[@]}" "${RESUME[@]}" \
@@ -103,7 +127,7 @@ for step in "${STEPS[@]}"; do
         --models sam,wsi-sam,medsam --prompts box,3,5,10 --seed 0 \
         --heads "$RUNS/final/heads.pt" --out "$RUNS/eval_monuseg" | tee -a "$OUT/retrain.log"
     fi ;;
-  *) echo "unknown step $step (precision cache cv final eval)" >&2; exit 2 ;;
+  *) echo "unknown step $step (precision cache cv final-shared final eval)" >&2; exit 2 ;;
   esac
 done
 log "done: ${STEPS[*]}"
