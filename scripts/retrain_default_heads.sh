@@ -87,7 +87,10 @@ for step in "${STEPS[@]}"; do
     CV=($PY scripts/select_heads.py "${CVTRAIN[@]}" --folds "$FOLDS" --image-magnification 20
         --cache "$CACHE" --out "$RUNS/cv" --epochs "$EPOCHS" --every "$EVERY" --drop-epoch "$DROP"
         --train-precision "$PREC")
-    # two processes on half the cores each: on the 2-core machine, two 1-thread training steps
+    # first encode what the unfinished runs need, on all cores (the encoder uses them well)
+    "${CV[@]}" --settings paper-object,paper,paper-object-drop --encode-only \
+      | tee -a "$OUT/retrain.log"
+    # then two processes on half the cores each: on the 2-core machine, two 1-thread training steps
     # side by side did 1.39 objects/s against 1.08 for one on 2 threads (bench_train_step.py,
     # pixelwise, batch 4). The -drop branches wait for their parent's state from the other one.
     export OMP_NUM_THREADS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))

@@ -45,7 +45,7 @@ from engine.train.data import ObjectSample, SlidePool, make_samples, usable
 from engine.train.features import FeatureCache
 from engine.train.holdout import evaluate_cached
 from engine.train.readers import read_label_map
-from engine.train.trainer import TrainConfig, load_train_state, train_heads
+from engine.train.trainer import TrainConfig, load_train_state, prepare_items, train_heads
 from engine.wsi_sam import WsiSam, load_wsi_sam
 
 PROMPTS = ("box", "3", "5", "10")
@@ -159,6 +159,43 @@ def gains_table(
     return rows
 
 
+def encode_only(
+    report: dict[str, Any],
+    names: list[str],
+    splits: dict[str, tuple[list[ObjectSample], list[ObjectSample]]],
+    out: Path,
+    cache_dir: Path,
+    epochs: int,
+    device: str,
+) -> int:
+    """Encode what the runs of ``names`` not yet done need: their training objects under the
+    setting's augmentations (unless the run has trained all ``epochs`` and only needs scoring)
+    and their held-out objects unaugmented. Returns 0."""
+    # object key -> (object, augmentation variants): the identity is among the variants, so an
+    # object that one run trains on and another holds out is encoded once
+    needed: dict[str, tuple[ObjectSample, int]] = {}
+    for name in names:
+        variants = int(SETTINGS[name].get("augment_variants", TrainConfig.augment_variants))
+        for split, (train, val) in splits.items():
+            if report.get(name, {}).get(split, {}).get("done"):
+                continue
+            state = out / name / split / "heads.state.pt"
+            trained = state.is_file() and int(load_train_state(state)["epoch"]) >= epochs
+            for count, group in ((variants, [] if trained else train), (0, val)):
+                for sample in group:
+                    if needed.get(sample.key(), (sample, -1))[1] < count:
+                        needed[sample.key()] = (sample, count)
+    model = load_wsi_sam(heads="none", device=device)
+    cache = FeatureCache(cache_dir, model)
+    with SlidePool() as pool:
+        for count in sorted({c for _, c in needed.values()}, reverse=True):
+            samples = [s for s, c in needed.values() if c == count]
+            print(f"encoding {len(samples)} objects x {1 + count} field(s) each")
+            prepare_items(samples, cache, count, 0, pool)
+    print(f"feature cache {cache_dir}: {cache.encoder_calls // 2} field(s) encoded now")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-images", type=Path, required=True)
@@ -186,6 +223,12 @@ def main() -> int:
         "--wait-for-parents",
         action="store_true",
         help="a -drop branch waits for its parent's state (run by another process on this --out)",
+    )
+    parser.add_argument(
+        "--encode-only",
+        action="store_true",
+        help="encode the fields that the unfinished runs need into --cache, then stop (on all "
+        "threads, before the runs are split across processes)",
     )
     parser.add_argument(
         "--train-precision",
@@ -232,6 +275,8 @@ def main() -> int:
         report = read_report()
     report.setdefault("sam", {})
     check_epochs = set(range(args.every, args.epochs + 1, args.every))
+    if args.encode_only:
+        return encode_only(report, names, splits, args.out, args.cache, args.epochs, args.device)
 
     def save(name: str, split: str) -> None:
         # merge this one run into what is on disk: another process may own other runs

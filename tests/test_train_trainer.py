@@ -206,6 +206,34 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert saved["metadata"]["epochs"] == 3 and saved["metadata"]["lam"] == 0.5
 
 
+def test_resuming_a_finished_run_encodes_nothing_and_keeps_its_heads(tmp_path: Path) -> None:
+    samples = _synthetic_samples(tmp_path, 3)
+    config = TrainConfig(epochs=2, batch_size=2, augment_variants=1)
+
+    def run(model: FakeWsiSam, cache_dir: Path, resume: bool) -> Any:
+        cache = FeatureCache(cache_dir, model)  # type: ignore[arg-type]
+        return train_heads(
+            model,  # type: ignore[arg-type]
+            samples,
+            config,
+            cache=cache,
+            out=tmp_path / "h.pt",
+            resume=resume,
+            progress=False,
+        )
+
+    torch.manual_seed(0)
+    trained = FakeWsiSam()
+    run(trained, tmp_path / "cache", False)
+    # a fresh process with an empty cache (a new machine): scoring the run needs no training fields
+    resumed = FakeWsiSam()
+    result = run(resumed, tmp_path / "empty_cache", True)
+    assert result.epochs_run == 0 and result.encoder_calls == 0
+    assert len(result.epoch_losses) == 2
+    for key, value in trained.heads_state_dict().items():
+        assert torch.equal(value, resumed.heads_state_dict()[key]), key
+
+
 def test_learning_rate_drops_from_the_chosen_epoch(tmp_path: Path) -> None:
     config = TrainConfig(epochs=3, lr=1e-3, lr_drop_epoch=3)
     assert [epoch_lr(config, e) for e in (1, 2, 3)] == [1e-3, 1e-3, 1e-3 * LR_DROP_FACTOR]

@@ -355,11 +355,18 @@ def train_heads(
     own_pool = pool is None
     pool = pool or SlidePool()
 
+    state = load_train_state(state_path) if resume else None
+    # a finished run that is resumed (to be scored, say) trains no epoch: encode nothing
+    finished = state is not None and int(state["epoch"]) >= config.epochs
     t0 = time.perf_counter()
     calls_before = cache.encoder_calls
     try:
-        prepared = prepare_items(
-            samples, cache, config.augment_variants, config.seed, pool, progress, on_progress
+        prepared = (
+            []
+            if finished
+            else prepare_items(
+                samples, cache, config.augment_variants, config.seed, pool, progress, on_progress
+            )
         )
     finally:
         if own_pool:
@@ -371,8 +378,7 @@ def train_heads(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     start_epoch = 0
-    if resume:
-        state = load_train_state(state_path)
+    if state is not None:
         model.load_state_dict(state["heads"], strict=False)
         optimiser.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
