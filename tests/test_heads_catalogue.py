@@ -146,4 +146,6 @@ def test_holdout_splits_by_image_or_by_object(tmp_path: Path) -> None:
     assert by_object.by == "objects" and len(by_object.held) == 1 and len(by_object.train) == 2
     assert "optimistic" in by_object.describe()
     assert split_holdout(samples, 0.0).by == "none"
+    assert "none asked for" in split_holdout(samples, 0.0).describe()
     assert split_holdout(samples[:1], 0.5).held == []
+    assert "too few" in split_holdout(samples[:1], 0.5).describe()

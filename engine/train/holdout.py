@@ -32,10 +32,12 @@ class Holdout:
     #: "images" (whole images held out), "objects" (one image: some of its objects), "none"
     by: str
     held_sources: list[str]
+    #: why nothing is held out when ``by`` is "none"
+    why_none: str = "too few objects or images"
 
     def describe(self) -> str:
         if self.by == "none":
-            return "no held-out data (too few objects or images)"
+            return f"no held-out data ({self.why_none})"
         if self.by == "images":
             names = ", ".join(Path(s).name for s in self.held_sources)
             return (
@@ -51,7 +53,9 @@ def split_holdout(samples: Sequence[ObjectSample], fraction: float) -> Holdout:
     """Hold out about ``fraction`` of the images (at least one, never all), evenly spread over
     the images in name order; with one image, that fraction of its objects instead."""
     samples = list(samples)
-    if fraction <= 0 or len(samples) < 2:
+    if fraction <= 0:
+        return Holdout(samples, [], "none", [], "none asked for: --holdout 0")
+    if len(samples) < 2:
         return Holdout(samples, [], "none", [])
     sources = sorted({str(s.source) for s in samples})
     if len(sources) >= 2:
@@ -189,7 +193,7 @@ def model_card(
             "models. Few objects give noisy figures: use plain SAM where the heads do not help.",
         ]
     else:
-        lines.append("No held-out validation (too few images or objects).")
+        lines.append(f"No held-out validation: {holdout.describe()}.")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(path.with_suffix(".md"), text.encode("utf-8"))
     return text
