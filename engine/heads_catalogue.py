@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine._files import atomic_write_bytes
 from engine.wsi_sam import HeadsError, WsiSamHead, default_heads_path, read_heads_checkpoint
 
 HEADS_DIR_ENV = "WSI_SAM_HEADS_DIR"
@@ -331,5 +332,5 @@ def write_card(path: Path, evaluation: dict[str, Any], notes: Iterable[str] = ()
     """Write ``NAME.card.json`` beside heads ``path``, tied to the file by its sha256."""
     card = path.with_name(path.stem + CARD_SUFFIX)
     payload = {"sha256": file_sha256(path), "evaluation": evaluation, "notes": list(notes)}
-    card.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    atomic_write_bytes(card, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
     return card

@@ -5,7 +5,7 @@
 # completed epochs are kept). Hours on a 2-core CPU; nothing here looks at the test images
 # before step 4.
 #
-#   scripts/retrain_default_heads.sh [step ...]     steps: precision cache cv final-shared final eval
+#   scripts/retrain_default_heads.sh [step ...]     steps: precision cache cv final-shared final eval ship
 #                                                   (default: all)
 #   SMOKE=1 scripts/retrain_default_heads.sh        a tiny version (a few objects, 1 epoch)
 #
@@ -39,7 +39,7 @@ if [[ -n "${SMOKE:-}" ]]; then
   CVTRAIN=(--train-images "$OUT/train/img" --train-masks "$OUT/train/labelcol") FOLDS=2
 fi
 DROP=$((EPOCHS * 3 / 4)); ((DROP < 2)) && DROP=2
-STEPS=("$@"); [[ ${#STEPS[@]} -eq 0 ]] && STEPS=(precision cache cv final eval)
+STEPS=("$@"); [[ ${#STEPS[@]} -eq 0 ]] && STEPS=(precision cache cv final eval ship)
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/retrain.log"; }
 TRAIN=(--images "$GLAS/Train_Folder/img" --masks "$GLAS/Train_Folder/labelcol"
@@ -130,7 +130,12 @@ for step in "${STEPS[@]}"; do
         --models sam,wsi-sam,medsam --prompts box,3,5,10 --seed 0 \
         --heads "$RUNS/final/heads.pt" --out "$RUNS/eval_monuseg" | tee -a "$OUT/retrain.log"
     fi ;;
-  *) echo "unknown step $step (precision cache cv final-shared final eval)" >&2; exit 2 ;;
+  ship)   # 5. RETRAIN_RULE.md step 4: check the conditions on eval's results; ship if they pass
+    SHIP=(--ship); [[ -n "${SMOKE:-}" ]] && SHIP=()  # a smoke run never replaces the shipped heads
+    $PY scripts/ship_heads.py --heads "$RUNS/final/heads.pt" --glas "$RUNS/eval_glas" \
+      --monuseg "$RUNS/eval_monuseg" "${SHIP[@]}" | tee -a "$OUT/retrain.log" \
+      || [[ -n "${SMOKE:-}" ]] ;;  # exit 1 means "do not ship"; a smoke run's heads need not pass
+  *) echo "unknown step $step (precision cache cv final-shared final eval ship)" >&2; exit 2 ;;
   esac
 done
 log "done: ${STEPS[*]}"
