@@ -15,7 +15,6 @@ that are already the shipped file are only checked again (their card rewritten).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +44,17 @@ def read_results(folder: Path) -> tuple[dict[str, dict[str, float]], int]:
     path = folder / "results.csv"
     if not path.is_file():
         raise SystemExit(f"error: no results.csv in {folder} (run wsi-sam eval --out {folder})")
+    from engine.evaluate import read_results_csv
+
     dice: dict[str, dict[str, float]] = {"SAM": {}, "WSI-SAM": {}}
     groups, counts = set(), set()
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            label = {"sam": "SAM", "wsi-sam": "WSI-SAM"}.get(row["model"])
-            if label is None or row["prompt"] not in PROMPTS:
-                continue
-            groups.add(row["group"])
-            counts.add(int(row["n_objects"]))
-            dice[label][row["prompt"]] = float(row["dice"])
+    for row in read_results_csv(path):
+        label = {"sam": "SAM", "wsi-sam": "WSI-SAM"}.get(row.model)
+        if label is None or row.prompt not in PROMPTS:
+            continue
+        groups.add(row.group)
+        counts.add(row.n_objects)
+        dice[label][row.prompt] = row.dice
     missing = [f"{m} {p}" for m in dice for p in PROMPTS if p not in dice[m]]
     if missing or len(groups) != 1 or len(counts) != 1:
         raise SystemExit(
