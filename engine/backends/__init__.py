@@ -61,6 +61,17 @@ class ImageEncoder(Protocol):
         """
         ...
 
+    def encode_stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode preprocessed images into every map an instance decoder may use.
+
+        Args:
+            images: (B, 3, 1024, 1024) float32 on the model's device.
+        Returns:
+            ``TinyViT.forward_stages``'s maps: "embedding" (B, 256, 64, 64), "early"
+            (B, 160, 64, 64), "stage1" (B, 128, 128, 128), "stage0" (B, 64, 256, 256), float32.
+        """
+        ...
+
     def describe(self) -> str:
         """A short label for status bars and logs, e.g. "OpenVINO CPU bf16"."""
         ...

@@ -59,12 +59,20 @@ def bundled_models_dir() -> Path | None:
     return Path(base) / "openvino_models"
 
 
-def model_key(checkpoint_sha256: str) -> str:
+#: The encoder graphs that can be converted: "encoder" (prompts: embedding and early feature)
+#: and "stages" (instance decoders: also the finer stage-0 and stage-1 maps).
+GRAPHS: tuple[str, ...] = ("encoder", "stages")
+#: The order of the "stages" graph's outputs.
+STAGE_OUTPUTS: tuple[str, ...] = ("embedding", "early", "stage1", "stage0")
+
+
+def model_key(checkpoint_sha256: str, graph: str = "encoder") -> str:
     """Folder name of one converted encoder: checkpoint, OpenVINO version, graph version."""
     import openvino as ov
 
     version = ov.get_version().split("-")[0]
-    return f"tinyvit-{checkpoint_sha256[:16]}-ov{version}-g{ENCODER_GRAPH_VERSION}"
+    prefix = "tinyvit" if graph == "encoder" else f"tinyvit-{graph}"
+    return f"{prefix}-{checkpoint_sha256[:16]}-ov{version}-g{ENCODER_GRAPH_VERSION}"
 
 
 class _EncoderGraph(nn.Module):
@@ -78,21 +86,36 @@ class _EncoderGraph(nn.Module):
         return self.encoder.forward_with_early(x)
 
 
-def convert_encoder(encoder: TinyViT, folder: Path) -> Path:
+class _StagesGraph(nn.Module):
+    """Preprocessed image -> the features of :data:`STAGE_OUTPUTS`, in that order."""
+
+    def __init__(self, encoder: TinyViT) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        stages = self.encoder.forward_stages(x)
+        return tuple(stages[name] for name in STAGE_OUTPUTS)
+
+
+def convert_encoder(encoder: TinyViT, folder: Path, graph: str = "encoder") -> Path:
     """Convert ``encoder`` to OpenVINO IR in ``folder`` (written to a temporary folder, renamed).
 
     Returns the path of ``encoder.xml``. Weights stay float32 (``compress_to_fp16=False``) so the
-    f32 backend matches torch; bf16 is chosen when compiling.
+    f32 backend matches torch; bf16 is chosen when compiling. ``graph`` is one of :data:`GRAPHS`.
     """
     import openvino as ov
 
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     side = encoder.img_size
     example = torch.zeros(1, encoder.in_chans, side, side)
+    module = _EncoderGraph(encoder.eval()) if graph == "encoder" else _StagesGraph(encoder.eval())
     t0 = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about the encoder's shape checks, which are constant for one input size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        converted = ov.convert_model(_EncoderGraph(encoder.eval()), example_input=example)
+        converted = ov.convert_model(module, example_input=example)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -112,10 +135,10 @@ def convert_encoder(encoder: TinyViT, folder: Path) -> Path:
 
 
 def find_or_convert(
-    encoder: TinyViT, checkpoint_sha256: str, *, allow_convert: bool = True
+    encoder: TinyViT, checkpoint_sha256: str, *, allow_convert: bool = True, graph: str = "encoder"
 ) -> Path:
     """The IR for this checkpoint: the bundle's, else the user cache's, else converted now."""
-    key = model_key(checkpoint_sha256)
+    key = model_key(checkpoint_sha256, graph)
     bundled = bundled_models_dir()
     if bundled is not None and (bundled / key / IR_NAME).is_file():
         return bundled / key / IR_NAME
@@ -125,7 +148,7 @@ def find_or_convert(
     if not allow_convert:
         raise BackendError(f"no converted OpenVINO encoder {key} in the bundle or {cached.parent}")
     try:
-        return convert_encoder(encoder, cached)
+        return convert_encoder(encoder, cached, graph)
     except OSError as exc:
         raise BackendError(
             f"could not write the converted OpenVINO encoder to {cached} ({exc.strerror or exc}); "
@@ -151,7 +174,8 @@ class OpenVinoImageEncoder:
     """Our TinyViT, converted, compiled for the CPU in ``precision`` ("f32", "bf16", "fp16").
 
     ``threads`` sets ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default, all physical cores).
-    Thread-safe: one inference request per calling thread.
+    Thread-safe: one inference request per calling thread. The "stages" graph (for instance
+    decoders) is converted and compiled on the first :meth:`encode_stages`, not before.
     """
 
     name = "openvino"
@@ -167,27 +191,33 @@ class OpenVinoImageEncoder:
         if precision not in _OV_PRECISION:
             raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
         self.precision = precision
-        self.ir_path = find_or_convert(encoder, checkpoint_sha256)
-        config: dict[str, object] = {
+        self._encoder = encoder
+        self._checkpoint_sha256 = checkpoint_sha256
+        self._config: dict[str, object] = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
             "PERFORMANCE_HINT": "LATENCY",
         }
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = openvino_core()
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.ir_path = find_or_convert(encoder, checkpoint_sha256)
         t0 = time.perf_counter()
-        try:
-            self._compiled = core.compile_model(str(self.ir_path), "CPU", config)
-        except RuntimeError as exc:
-            reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
-            raise BackendError(
-                f"OpenVINO could not compile the encoder {self.ir_path} for the CPU in "
-                f"{precision}: {reason}"
-            ) from exc
+        self._compiled = self._compile(self.ir_path)
         self.compile_seconds = time.perf_counter() - t0
         self._outputs = self._compiled.outputs
         logger.debug("OpenVINO encoder compiled in %.2f s", self.compile_seconds)
         self._local = threading.local()
+        self._stages_compiled = None
+        self._stages_lock = threading.Lock()
+
+    def _compile(self, ir_path: Path):  # type: ignore[no-untyped-def]
+        try:
+            return openvino_core().compile_model(str(ir_path), "CPU", self._config)
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
+            raise BackendError(
+                f"OpenVINO could not compile the encoder {ir_path} for the CPU in "
+                f"{self.precision}: {reason}"
+            ) from exc
 
     def __deepcopy__(self, memo: dict[int, object]) -> OpenVinoImageEncoder:
         # A compiled model is immutable and cannot be pickled: copies of a model (e.g. a trainer's
@@ -199,6 +229,19 @@ class OpenVinoImageEncoder:
         if request is None:
             request = self._compiled.create_infer_request()
             self._local.request = request
+        return request
+
+    def _stages_request(self):  # type: ignore[no-untyped-def]
+        request = getattr(self._local, "stages_request", None)
+        if request is None:
+            with self._stages_lock:
+                if self._stages_compiled is None:
+                    ir_path = find_or_convert(
+                        self._encoder, self._checkpoint_sha256, graph="stages"
+                    )
+                    self._stages_compiled = self._compile(ir_path)
+            request = self._stages_compiled.create_infer_request()
+            self._local.stages_request = request
         return request
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +256,19 @@ class OpenVinoImageEncoder:
             earlies.append(torch.from_numpy(np.array(result[self._outputs[1]])))
         device = images.device
         return torch.cat(embeddings).to(device), torch.cat(earlies).to(device)
+
+    def encode_stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 1024, 1024) preprocessed -> the maps of ``TinyViT.forward_stages``, float32."""
+        batch = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+        request = self._stages_request()
+        outputs = request.model_outputs
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in STAGE_OUTPUTS}
+        for i in range(batch.shape[0]):
+            result = request.infer({0: batch[i : i + 1]})
+            for name, output in zip(STAGE_OUTPUTS, outputs, strict=True):
+                parts[name].append(torch.from_numpy(np.array(result[output])))
+        device = images.device
+        return {name: torch.cat(values).to(device) for name, values in parts.items()}
 
     def describe(self) -> str:
         return f"OpenVINO CPU {self.precision}"

@@ -27,6 +27,12 @@ class TorchImageEncoder:
             embedding, early = self.encoder.forward_with_early(images)
         return embedding.float(), early.float()
 
+    def encode_stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 1024, 1024) preprocessed -> the maps of ``TinyViT.forward_stages``, float32."""
+        with torch.no_grad(), autocast(images.device, self.precision):
+            stages = self.encoder.forward_stages(images)
+        return {name: value.float() for name, value in stages.items()}
+
     def describe(self) -> str:
         device = next(self.encoder.parameters()).device.type.upper()
         return f"torch {device} {self.precision}"

@@ -88,6 +88,20 @@ class Sam(nn.Module):
         with torch.no_grad():
             return self.image_encoder.forward_with_early(images)
 
+    def encode_stages(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen encoder's multi-scale maps (``TinyViT.forward_stages``) on its backend.
+
+        Args:
+          images: (B, 3, img_size, img_size) float32, already through :meth:`preprocess`.
+        Returns:
+          "embedding" (B, 256, 64, 64), "early" (B, 160, 64, 64), "stage1" (B, 128, 128, 128) and
+          "stage0" (B, 64, 256, 256), float32 on the model's device.
+        """
+        if self.encoder_backend is not None:
+            return dict(self.encoder_backend.encode_stages(images))
+        with torch.no_grad():
+            return self.image_encoder.forward_stages(images)
+
     def decoder_autocast(self) -> contextlib.AbstractContextManager[None]:
         """Context for running the prompt encoder and mask decoder in :attr:`decoder_precision`."""
         from engine.backends import autocast

@@ -151,6 +151,7 @@ class _Stage(nn.Module):
 
     blocks: nn.ModuleList
     downsample: PatchMerging | None
+    input_resolution: tuple[int, int]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -439,6 +440,43 @@ class TinyViT(nn.Module):
             x = layer(x)
         embedding = self.neck(self._tokens_to_map(x, self.embedding_size))
         return embedding, early
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every feature an instance decoder may use, channels first, in one pass.
+
+        Input (B, in_chans, img_size, img_size). Returns, for MobileSAM's 1024-px input:
+
+        - ``"stage0"``: the MBConv blocks of ``layers[0]`` before their patch merging,
+          (B, embed_dims[0], 256, 256): the finest feature, 4 input pixels per cell;
+        - ``"stage1"``: the attention blocks of ``layers[1]`` before their patch merging,
+          (B, embed_dims[1], 128, 128);
+        - ``"early"``: the output of ``layers[1]``, (B, embed_dims[2], 64, 64) (as
+          :meth:`forward_with_early`);
+        - ``"embedding"``: the neck's output, (B, out_chans, 64, 64).
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_chans or x.shape[-2:] != (self.img_size,) * 2:
+            raise ValueError(
+                f"TinyViT expects (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = self.patch_embed(x)
+        first, second = self.layers[0], self.layers[1]
+        assert isinstance(first, _Stage) and isinstance(second, _Stage)
+        for block in first.blocks:
+            x = block(x)
+        stage0 = x
+        if first.downsample is not None:
+            x = first.downsample(x)
+        for block in second.blocks:
+            x = block(x)
+        stage1 = self._tokens_to_map(x, second.input_resolution)
+        if second.downsample is not None:
+            x = second.downsample(x)
+        early = self._tokens_to_map(x, self.early_size)
+        for layer in self.layers[2:]:
+            x = layer(x)
+        embedding = self.neck(self._tokens_to_map(x, self.embedding_size))
+        return {"stage0": stage0, "stage1": stage1, "early": early, "embedding": embedding}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, img_size, img_size) -> image embedding (B, out_chans, E, E)."""

@@ -23,22 +23,24 @@ import torch
 
 from engine.train.augment import Augmentation
 from engine.train.data import ObjectSample, SlidePool, field_key, load_patches
+from engine.sam.sam import Sam
 from engine.wsi_sam import PatchFeatures, WsiSam
 
 CACHE_FORMAT = "wsi-sam-features/1"
 
 
-def encoder_fingerprint(model: WsiSam) -> str:
+def encoder_fingerprint(model: WsiSam | Sam) -> str:
     """Short hash of a few encoder tensors and the encoder's precision.
 
     Different weights -> different cache entries; so does a half-precision encoder (bf16 features
     differ from f32 ones by ~2e-4 in cosine), while torch and OpenVINO in f32 share entries.
     """
+    sam = model.sam if isinstance(model, WsiSam) else model
     digest = hashlib.sha256()
-    params = list(model.sam.image_encoder.parameters())
+    params = list(sam.image_encoder.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
         digest.update(p.detach().float().cpu().numpy().tobytes())
-    backend = getattr(model.sam, "encoder_backend", None)
+    backend = getattr(sam, "encoder_backend", None)
     precision = getattr(backend, "precision", "f32") if backend is not None else "f32"
     if precision != "f32":
         digest.update(precision.encode())
@@ -48,7 +50,7 @@ def encoder_fingerprint(model: WsiSam) -> str:
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of a source file
 
 
-def _source_stamp(path: Path) -> str:
+def source_stamp(path: Path) -> str:
     """Resolved path, size and a hash of the first and last MiB of ``path``."""
     try:
         resolved = path.resolve()
@@ -96,7 +98,7 @@ class FeatureCache:
             (
                 CACHE_FORMAT,
                 self._fingerprint,
-                _source_stamp(sample.source),
+                source_stamp(sample.source),
                 field_key(sample.field),
                 augmentation.key(),
             )
