@@ -4,13 +4,18 @@
   than half of the ground-truth gland it overlaps most, each gland matched once; F1 from counts
   pooled over images. Object Dice and object Hausdorff: the area-weighted mean, over the glands,
   of each gland's score with its most-overlapping prediction, and over the predictions, of each
-  prediction's with its most-overlapping gland, the two halves averaged; per image.
+  prediction's with its most-overlapping gland, the two halves averaged; per image. As the
+  GlaS evaluation code: the Hausdorff distance is between the objects' pixel sets, and an object
+  that overlaps nothing takes, for Hausdorff, the object of the other map nearest in Hausdorff
+  distance (Dice 0).
 - AJI (Kumar et al., 2017): each ground-truth object with the prediction of highest IoU;
   intersections over unions, unmatched predictions added to the union; per image.
 - PQ (Kirillov et al., 2019): unique matches at IoU > 0.5; SQ x DQ; per image.
 - mSA (as micro-sam and the DSB 2018 report it): TP / (TP + FP + FN) with matches at IoU above
   each of 0.50, 0.55, ..., 0.95, averaged; per image.
 - F1 at IoU 0.5: DQ, with counts pooled over images.
+
+An image with no object in either map scores 1 (Hausdorff 0) on every metric.
 
 Each function takes one image's (H, W) ground truth and prediction; :func:`score_images`
 aggregates over images as above.
@@ -19,13 +24,12 @@ aggregates over images as above.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
-from scipy.spatial.distance import directed_hausdorff
 
 __all__ = [
     "ImageScores",
@@ -80,11 +84,12 @@ def overlaps(gt: NDArray[np.integer], pred: NDArray[np.integer]) -> Overlaps:
     inter = np.zeros((gt_ids.size, pred_ids.size), dtype=np.int64)
     both = (gt > 0) & (pred > 0)
     if both.any():
-        pairs = gt[both].astype(np.int64) * (int(pred.max()) + 1) + pred[both].astype(np.int64)
-        keys, counts = np.unique(pairs, return_counts=True)
-        rows = np.searchsorted(gt_ids, keys // (int(pred.max()) + 1))
-        cols = np.searchsorted(pred_ids, keys % (int(pred.max()) + 1))
-        inter[rows, cols] = counts
+        # pair keys from the objects' indices (< n_gt * n_pred), not their ids: ids as large as
+        # the dtype allows would overflow a key of id * (max id + 1)
+        rows = np.searchsorted(gt_ids, gt[both])
+        cols = np.searchsorted(pred_ids, pred[both])
+        keys, counts = np.unique(rows * pred_ids.size + cols, return_counts=True)
+        inter[keys // pred_ids.size, keys % pred_ids.size] = counts
     return Overlaps(gt_ids, pred_ids, gt_area, pred_area, inter)
 
 
@@ -109,15 +114,44 @@ def _dice(inter: float, a: float, b: float) -> float:
     return 2.0 * inter / (a + b) if a + b > 0 else 0.0
 
 
-def _boundary_points(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    edge = mask & ~ndimage.binary_erosion(mask)
-    return np.argwhere(edge).astype(np.float64)
+def _object_windows(
+    labels: NDArray[np.integer], ids: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], list[tuple[slice, slice]]]:
+    """The label map with the objects renumbered 1..N in the order of ``ids``, and each object's
+    bounding box (ids may be any size: no list as long as the largest id)."""
+    dense = np.zeros(labels.shape, dtype=np.int64)
+    inside = labels > 0
+    dense[inside] = np.searchsorted(ids, labels[inside]) + 1
+    return dense, [w for w in ndimage.find_objects(dense) if w is not None]
 
 
-def _hausdorff(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
-    if a.size == 0 or b.size == 0:
-        return math.inf
-    return max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0])
+def _hausdorff(
+    dense_a: NDArray[np.int64], window_a: tuple[slice, slice], index_a: int,
+    dense_b: NDArray[np.int64], window_b: tuple[slice, slice], index_b: int,
+) -> float:
+    """Hausdorff distance between two objects as pixel sets (every pixel, not the outlines: as the
+    GlaS evaluation code), from distance transforms over the union of their bounding boxes."""
+    (ya, xa), (yb, xb) = window_a, window_b
+    window = (
+        slice(min(ya.start, yb.start), max(ya.stop, yb.stop)),
+        slice(min(xa.start, xb.start), max(xa.stop, xb.stop)),
+    )
+    in_a = dense_a[window] == index_a + 1
+    in_b = dense_b[window] == index_b + 1
+    # every pixel of either object lies in the window, so these are exact distances to the sets
+    to_a = ndimage.distance_transform_edt(~in_a)
+    to_b = ndimage.distance_transform_edt(~in_b)
+    return float(max(to_a[in_b].max(), to_b[in_a].max()))
+
+
+def _hausdorff_lower_bound(window_a: tuple[slice, slice], window_b: tuple[slice, slice]) -> int:
+    """A lower bound of the Hausdorff distance from the bounding boxes: an extreme row or column
+    of one object lies at least this far from every pixel of the other."""
+    (ya, xa), (yb, xb) = window_a, window_b
+    return max(
+        abs(ya.start - yb.start), abs(ya.stop - yb.stop),
+        abs(xa.start - xb.start), abs(xa.stop - xb.stop),
+    )
 
 
 def glas_object_scores(
@@ -126,11 +160,13 @@ def glas_object_scores(
 ) -> tuple[float, float]:
     """(object Dice, object Hausdorff) of one image, the GlaS way.
 
-    An object with no overlapping partner scores Dice 0 and, for Hausdorff, is paired with the
-    nearest object of the other map (by centroid). With no predictions at all the Hausdorff is
-    infinite; with ``hausdorff=False`` it is not computed (NaN).
+    Each object is paired with the object of the other map it overlaps most. An object with no
+    overlapping partner scores Dice 0 and, for Hausdorff, is paired with the object of the other
+    map nearest in Hausdorff distance (as the GlaS evaluation code). The Hausdorff distance is
+    between the objects' pixel sets. With no predictions at all the Hausdorff is infinite; with
+    ``hausdorff=False`` it is not computed (NaN).
     """
-    o = o or overlaps(gt, pred)
+    o = o if o is not None else overlaps(gt, pred)
     if o.gt_ids.size == 0 and o.pred_ids.size == 0:
         return 1.0, 0.0
     if o.gt_ids.size == 0 or o.pred_ids.size == 0:
@@ -159,34 +195,40 @@ def glas_object_scores(
     object_dice = 0.5 * (float(gt_weight @ dice_gt) + float(pred_weight @ dice_pred))
     if not hausdorff:
         return object_dice, math.nan
-    gt_slices = ndimage.find_objects(np.asarray(gt, dtype=np.int64))
-    pred_slices = ndimage.find_objects(np.asarray(pred, dtype=np.int64))
+    dense_gt, gt_windows = _object_windows(np.asarray(gt), o.gt_ids)
+    dense_pred, pred_windows = _object_windows(np.asarray(pred), o.pred_ids)
+    cache: dict[tuple[int, int], float] = {}
 
-    def points(labels: NDArray[np.integer], slices: list, label: int) -> NDArray[np.float64]:
-        window = slices[label - 1]
-        local = np.asarray(labels[window]) == label
-        pts = _boundary_points(np.pad(local, 1))
-        return pts - 1 + np.array([window[0].start, window[1].start])
+    def distance(i: int, j: int) -> float:
+        if (i, j) not in cache:
+            cache[i, j] = _hausdorff(dense_gt, gt_windows[i], i, dense_pred, pred_windows[j], j)
+        return cache[i, j]
 
-    gt_points = {int(i): points(gt, gt_slices, int(i)) for i in o.gt_ids}
-    pred_points = {int(j): points(pred, pred_slices, int(j)) for j in o.pred_ids}
-    gt_centres = np.array([gt_points[int(i)].mean(0) for i in o.gt_ids])
-    pred_centres = np.array([pred_points[int(j)].mean(0) for j in o.pred_ids])
+    def nearest(bounds: list[int], dist: Callable[[int], float]) -> float:
+        """The smallest Hausdorff distance to any candidate, pruned by the lower bounds."""
+        best = math.inf
+        for k in sorted(range(len(bounds)), key=bounds.__getitem__):
+            if bounds[k] >= best:
+                break
+            best = min(best, dist(k))
+        return best
 
-    def partner(index: int, inter_row: NDArray[np.int64], centres: NDArray[np.float64],
-                own: NDArray[np.float64]) -> int:
-        if inter_row[index] > 0:
-            return index
-        return int(np.argmin(np.hypot(*(centres - own).T)))
+    def nearest_pred(i: int) -> float:
+        bounds = [_hausdorff_lower_bound(gt_windows[i], w) for w in pred_windows]
+        return nearest(bounds, lambda j: distance(i, j))
 
-    haus_gt = []
-    for i, gid in enumerate(o.gt_ids):
-        j = partner(int(best_pred[i]), inter[i], pred_centres, gt_centres[i])
-        haus_gt.append(_hausdorff(gt_points[int(gid)], pred_points[int(o.pred_ids[j])]))
-    haus_pred = []
-    for j, pid in enumerate(o.pred_ids):
-        i = partner(int(best_gt[j]), inter[:, j], gt_centres, pred_centres[j])
-        haus_pred.append(_hausdorff(pred_points[int(pid)], gt_points[int(o.gt_ids[i])]))
+    def nearest_gt(j: int) -> float:
+        bounds = [_hausdorff_lower_bound(w, pred_windows[j]) for w in gt_windows]
+        return nearest(bounds, lambda i: distance(i, j))
+
+    haus_gt = [
+        distance(i, int(best_pred[i])) if inter[i, best_pred[i]] > 0 else nearest_pred(i)
+        for i in range(o.gt_ids.size)
+    ]
+    haus_pred = [
+        distance(int(best_gt[j]), j) if inter[best_gt[j], j] > 0 else nearest_gt(j)
+        for j in range(o.pred_ids.size)
+    ]
     object_hausdorff = 0.5 * (
         float(gt_weight @ np.array(haus_gt)) + float(pred_weight @ np.array(haus_pred))
     )
@@ -252,8 +294,11 @@ def score_image(
     n_gt, n_pred = int(o.gt_ids.size), int(o.pred_ids.size)
     tp50 = int(matched.size)
     denominator = tp50 + 0.5 * (n_pred - tp50) + 0.5 * (n_gt - tp50)
-    sq = float(matched.mean()) if tp50 else 0.0
-    dq = tp50 / denominator if denominator else 1.0
+    if denominator:
+        sq = float(matched.mean()) if tp50 else 0.0
+        dq = tp50 / denominator
+    else:  # no objects in either map: perfect, as every other metric here scores it
+        sq = dq = 1.0
     accuracies = []
     for t in MSA_THRESHOLDS:
         hits = int((o.iou > t).sum())

@@ -5,7 +5,8 @@ upsampled to ``work_size``, the distance maps smoothed with a Gaussian, seeds ar
 regions where the centre distance and the boundary distance are below their thresholds inside
 the foreground, seeds smaller than ``min_seed_pixels`` are dropped, and a watershed on the
 boundary distance grows them within the foreground (scikit-image); foreground that no seed
-reaches is an object of its own. Objects outside the size limits are dropped later, in um^2, by the caller that knows the field's pixel size.
+reaches is an object of its own (also where there is no seed at all). Objects outside the size
+limits are dropped later, in um^2, by the caller that knows the field's pixel size.
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ class WatershedSettings:
 
 
 def maps_to_probabilities(logits: torch.Tensor, work_size: int) -> NDArray[np.float32]:
-    """(3, S, S) decoder logits -> (3, work_size, work_size) float32 in [0, 1] (sigmoid, bilinear)."""
+    """(3, S, S) decoder logits -> (3, work_size, work_size) float32 in [0, 1] (sigmoid,
+    bilinear)."""
     maps = logits.detach().float()[None]
     if maps.shape[-1] != work_size:
-        maps = F.interpolate(maps, size=(work_size, work_size), mode="bilinear", align_corners=False)
+        maps = F.interpolate(
+            maps, size=(work_size, work_size), mode="bilinear", align_corners=False
+        )
     return torch.sigmoid(maps)[0].cpu().numpy()
 
 
@@ -89,7 +93,7 @@ def instances_from_maps(
         boundary = ndimage.gaussian_filter(boundary, settings.sigma * scale)
     foreground = foreground_p > settings.foreground_threshold
     if valid is not None:
-        foreground &= valid
+        foreground &= np.asarray(valid, dtype=bool)
     if not foreground.any():
         return np.zeros(foreground.shape, dtype=np.int32)
     seeds = (
@@ -105,9 +109,10 @@ def instances_from_maps(
         if small.any():
             markers[small[markers]] = 0
             markers, count = ndimage.label(markers > 0)
-    if count == 0:
-        return np.zeros(foreground.shape, dtype=np.int32)
-    labels = np.asarray(watershed(boundary, markers=markers, mask=foreground), dtype=np.int32)
+    if count:
+        labels = np.asarray(watershed(boundary, markers=markers, mask=foreground), dtype=np.int32)
+    else:  # no seed anywhere: every foreground blob is seedless, so each is an object of its own
+        labels = np.zeros(foreground.shape, dtype=np.int32)
     # foreground that no seed reached (a blob too thin for a seed) is an object of its own
     orphans, extra = ndimage.label(foreground & (labels == 0))
     if extra:
