@@ -10,7 +10,17 @@ from collections.abc import Sequence
 from app import __version__
 
 # subcommand modules under app.commands, in the order --help lists them
-COMMANDS = ["gui", "segment", "train", "eval", "project", "batch", "heads"]
+COMMANDS = [
+    "gui",
+    "segment",
+    "train",
+    "train_instances",
+    "eval",
+    "eval_instances",
+    "project",
+    "batch",
+    "heads",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # `wsi-sam` and `wsi-sam SLIDE` both mean `wsi-sam gui [SLIDE]`.
-    if not args_list or (args_list[0] not in COMMANDS and not args_list[0].startswith("-")):
+    names = {name.replace("_", "-") for name in COMMANDS}  # train_instances: train-instances
+    if not args_list or (args_list[0] not in names and not args_list[0].startswith("-")):
         args_list = ["gui", *args_list]
     from app.errors import join_negative_values, run_reporting
 

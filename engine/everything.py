@@ -38,6 +38,8 @@ __all__ = [
     "EverythingObject",
     "EverythingResult",
     "EverythingSettings",
+    "drop_duplicates",
+    "merge_objects",
     "point_grid",
     "segment_everything",
     "tile_fields",
@@ -402,7 +404,7 @@ def segment_everything(
                 )
             timings["polygon"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            objects = _merge_into(objects, field_objects, settings.merge_thresh)
+            objects = merge_objects(objects, field_objects, settings.merge_thresh)
             timings["merge"] += time.perf_counter() - t0
         if progress is not None:
             progress(done + 1, len(fields))
@@ -413,26 +415,70 @@ def segment_everything(
     return EverythingResult(final, fields, candidates, timings)
 
 
-def _merge_into(
-    objects: list[EverythingObject], new: list[EverythingObject], threshold: float
+def merge_objects(
+    objects: Sequence[EverythingObject], new: Sequence[EverythingObject], threshold: float
 ) -> list[EverythingObject]:
-    """Add one field's objects to those of earlier fields, merging copies of one object."""
+    """Add one field's objects to those of earlier fields, merging copies of one object.
+
+    Two objects of different fields are one when, inside the area both fields saw, their
+    intersection covers most of the smaller part (``threshold``); a whole copy wins over a cut
+    one, two cut copies are united. The earlier objects are indexed once (an STRtree), so a
+    field of a thousand nuclei costs a thousand queries, not a thousand index builds.
+    """
     if not objects:
         return list(new)
-    merged = list(objects)
+    merged: list[EverythingObject | None] = list(objects)
+    tree = shapely.STRtree([o.geometry for o in objects])
+    # an earlier object absorbed into a merge points to the slot of the object that holds it
+    holder: dict[int, int] = {}
+
+    def find(index: int) -> int:
+        while index in holder:
+            index = holder[index]
+        return index
+
     for candidate in new:
-        tree = shapely.STRtree([o.geometry for o in merged])
-        hits = [
-            int(i)
-            for i in tree.query(candidate.geometry, predicate="intersects")
-            if merged[int(i)].field != candidate.field
-            and _same_object(merged[int(i)], candidate, threshold)
-        ]
-        if not hits:
+        slots = sorted(
+            {find(int(i)) for i in tree.query(candidate.geometry, predicate="intersects")}
+        )
+        current = candidate
+        absorbed = []
+        for slot in slots:
+            other = merged[slot]
+            if other is None or other.field == candidate.field:
+                continue
+            if _same_object(other, current, threshold):
+                current = _merge(other, current)
+                absorbed.append(slot)
+        if not absorbed:
             merged.append(candidate)
             continue
-        current = candidate
-        for i in sorted(hits, reverse=True):
-            current = _merge(merged.pop(i), current)
-        merged.append(current)
-    return merged
+        keep = absorbed[0]
+        merged[keep] = current
+        for slot in absorbed[1:]:
+            merged[slot] = None
+            holder[slot] = keep
+    return [o for o in merged if o is not None]
+
+
+def drop_duplicates(objects: Sequence[EverythingObject], threshold: float = 0.5) -> list[int]:
+    """Indices of ``objects`` to keep so that no object is there twice (e.g. found by two
+    overlapping regions): of two outlines with IoU above ``threshold`` the first is kept."""
+    if not objects:
+        return []
+    geometries = [o.geometry for o in objects]
+    tree = shapely.STRtree(geometries)
+    dropped: set[int] = set()
+    for i, geometry in enumerate(geometries):
+        if i in dropped:
+            continue
+        for j in (int(j) for j in tree.query(geometry, predicate="intersects")):
+            if j <= i or j in dropped:
+                continue
+            other = geometries[j]
+            inter = geometry.intersection(other).area
+            union = geometry.area + other.area - inter
+            if union > 0 and inter / union > threshold:
+                dropped.add(j)
+    return [i for i in range(len(objects)) if i not in dropped]
+

@@ -96,8 +96,11 @@ class HeadsEntry:
     sha256: str
     size: int
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
-    #: evaluation figures: {"split": ..., "n_objects": ..., "dice": {model: {prompt: dice}}}
+    #: evaluation figures: {"split": ..., "n_objects": ..., "dice": {model: {prompt: dice}}};
+    #: for an instance decoder {"split": ..., "images": ..., "scores": {name: value}}
     figures: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: "heads" (WSI-SAM's HR/LR heads) or "instances" (an instance decoder)
+    kind: str = "heads"
 
     @property
     def trained_on(self) -> str:
@@ -114,6 +117,8 @@ class HeadsEntry:
 
     def figures_text(self) -> str:
         """One line per model: "WSI-SAM box 82.6, 3 pts 58.6 | SAM box 81.1, ..." or ""."""
+        if self.kind == "instances":
+            return self._instance_figures_text()
         dice = self.figures.get("dice") if isinstance(self.figures, dict) else None
         if not isinstance(dice, dict) or not dice:
             return ""
@@ -130,9 +135,31 @@ class HeadsEntry:
         head = f"Dice % on {where}" + (f" ({n} objects)" if n else "")
         return head + "\n" + "\n".join(parts)
 
+    def _instance_figures_text(self) -> str:
+        scores = self.figures.get("scores") if isinstance(self.figures, dict) else None
+        if not isinstance(scores, dict) or not scores:
+            return ""
+        names = {
+            "glas_f1": "GlaS F1",
+            "object_dice": "object Dice",
+            "aji": "AJI",
+            "pq": "PQ",
+            "f1_iou50": "F1 @ IoU 0.5",
+        }
+        text = ", ".join(
+            f"{label} {float(scores[key]):.3f}" for key, label in names.items() if key in scores
+        )
+        where = self.figures.get("split") or "evaluation"
+        images = self.figures.get("images")
+        return f"on {where}" + (f" ({images} images)" if images else "") + ": " + text
+
     def describe(self) -> str:
         """A few lines for a tooltip or ``wsi-sam heads list``."""
-        lines = [f"{self.name} ({self.place}): {self.path}", f"trained on {self.trained_on}"]
+        what = " instance decoder" if self.kind == "instances" else ""
+        lines = [
+            f"{self.name} ({self.place}{what}): {self.path}",
+            f"trained on {self.trained_on}",
+        ]
         settings = [
             f"{k} {self.metadata[k]}"
             for k in ("epochs", "prompt_mixing", "augment_variants", "magnification")
@@ -157,8 +184,19 @@ class SkippedHeads:
 
 @dataclass
 class HeadsCatalogue:
+    """WSI-SAM heads (``entries``), instance decoders (``decoders``), and what was skipped."""
+
     entries: list[HeadsEntry] = field(default_factory=list)
     skipped: list[SkippedHeads] = field(default_factory=list)
+    decoders: list[HeadsEntry] = field(default_factory=list)
+
+    def find_decoder(self, name: str) -> HeadsEntry | None:
+        """The instance decoder called ``name`` (or ``place:stem``, or a unique stem)."""
+        for entry in self.decoders:
+            if entry.name == name or f"{entry.place}:{entry.path.stem}" == name:
+                return entry
+        stems = [e for e in self.decoders if e.path.stem == name]
+        return stems[0] if len(stems) == 1 else None
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
@@ -235,7 +273,7 @@ def read_card(path: Path, sha256: str) -> dict[str, Any]:
 def _figures(metadata: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
     for key in ("evaluation", "validation"):
         value = metadata.get(key)
-        if isinstance(value, dict) and value.get("dice"):
+        if isinstance(value, dict) and (value.get("dice") or value.get("scores")):
             return value
     return card
 
@@ -259,10 +297,15 @@ def build_catalogue(
     ]
     if project is not None:
         places.append(("project", project_heads_dir(project)))
+    from engine.instances.checkpoint import DecoderError, read_decoder, shipped_decoders_dir
+
     catalogue = HeadsCatalogue()
     found: list[tuple[str, Path, dict[str, Any]]] = []
+    found_decoders: list[tuple[str, Path, dict[str, Any]]] = []
     seen: set[Path] = set()
-    for place, folder in places:
+    # instance decoders share the user's and the project's folders with heads
+    scan = [*places[:1], ("shipped", shipped_decoders_dir()), *places[1:]]
+    for place, folder in scan:
         for path in _heads_files(folder):
             resolved = path.resolve()
             if resolved in seen:
@@ -271,20 +314,34 @@ def build_catalogue(
             try:
                 metadata = check_heads_file(path)
             except HeadsError as exc:
-                reason = str(exc).removeprefix(f"{path}: ")
-                catalogue.skipped.append(SkippedHeads(path, place, reason))
+                try:  # not heads: an instance decoder, perhaps
+                    decoder = read_decoder(path)
+                except DecoderError:
+                    reason = str(exc).removeprefix(f"{path}: ")
+                    catalogue.skipped.append(SkippedHeads(path, place, reason))
+                    continue
+                metadata = dict(decoder.metadata)
+                metadata["magnification"] = decoder.magnification
+                found_decoders.append((place, path, metadata))
                 continue
             except OSError as exc:
                 catalogue.skipped.append(SkippedHeads(path, place, f"cannot be read: {exc}"))
                 continue
             found.append((place, path, metadata))
+    catalogue.entries.extend(_entries(found, "heads"))
+    catalogue.decoders.extend(_entries(found_decoders, "instances"))
+    return catalogue
+
+
+def _entries(found: list[tuple[str, Path, dict[str, Any]]], kind: str) -> list[HeadsEntry]:
     stems = [path.stem for _, path, _ in found]
+    entries = []
     for place, path, metadata in found:
         name = path.stem if stems.count(path.stem) == 1 or place == "shipped" else None
         if name is None:
             name = f"{place}:{path.stem}"
         sha = file_sha256(path)
-        catalogue.entries.append(
+        entries.append(
             HeadsEntry(
                 name=name,
                 path=path,
@@ -293,9 +350,10 @@ def build_catalogue(
                 size=path.stat().st_size,
                 metadata=metadata,
                 figures=_figures(metadata, read_card(path, sha)),
+                kind=kind,
             )
         )
-    return catalogue
+    return entries
 
 
 def _looks_like_path(value: str) -> bool:
@@ -324,6 +382,27 @@ def resolve_heads(
         raise HeadsError(
             f"no heads called {text!r}: give a heads file (.pt) or one of: {names} "
             "(wsi-sam heads list)"
+        )
+    return entry.path
+
+
+def resolve_decoder(
+    value: str | Path, project: str | Path | None = None, catalogue: HeadsCatalogue | None = None
+) -> Path:
+    """What ``--instances`` means: a decoder file, or a catalogue name resolved to its file.
+
+    Raises :class:`HeadsError` for an unknown name, listing the decoders there are.
+    """
+    text = str(value)
+    if _looks_like_path(text):
+        return Path(text)
+    catalogue = catalogue or build_catalogue(project=project)
+    entry = catalogue.find_decoder(text)
+    if entry is None:
+        names = ", ".join(e.name for e in catalogue.decoders) or "none"
+        raise HeadsError(
+            f"no instance decoder called {text!r}: give a decoder file (.pt) or one of: "
+            f"{names} (wsi-sam heads list)"
         )
     return entry.path
 

@@ -67,8 +67,9 @@ class Provenance:
         model: "WSI-SAM" or "SAM".
         heads: the heads checkpoint's name ("none" for SAM, "fresh" for untrained heads).
         heads_sha256: the checkpoint file's sha256 ("" when there is none).
-        prompt_kind: "box", "points", "box+points", "refine" (box + own mask [+ points]) or
-            "everything" (one point of a grid).
+        prompt_kind: "box", "points", "box+points", "refine" (box + own mask [+ points]),
+            "everything" (one point of a grid) or "instances" (found by an instance decoder,
+            whose name and sha256 are then in ``heads`` / ``heads_sha256``).
         prompt: the prompt in level-0 pixels: {"box": [x0, y0, x1, y1], "points": [[x, y], ...],
             "labels": [1, 0, ...]} (only the keys that apply).
         field_magnification: the HR patch's magnification (None when the slide's is unknown).
@@ -135,10 +136,46 @@ class Provenance:
             app_version=app_version,
         )
 
+    @classmethod
+    def from_decoder(
+        cls,
+        name: str,
+        sha256: str,
+        *,
+        field: Any,
+        score: float,
+        refined_with: str | None = None,
+        app_version: str = "",
+    ) -> Provenance:
+        """Provenance of an object an instance decoder found (``prompt_kind`` "instances"):
+        the decoder's name and file hash stand where a prompt's heads do, and ``score`` is the
+        object's mean foreground probability. ``refined_with``: the WSI-SAM heads that refined
+        its outline, if any."""
+        if not app_version:
+            from engine import __version__
+
+            app_version = f"wsi-sam-engine {__version__}"
+        return cls(
+            model="instance decoder" + (f" + WSI-SAM ({refined_with})" if refined_with else ""),
+            heads=name,
+            heads_sha256=sha256,
+            prompt_kind="instances",
+            prompt={},
+            field_magnification=field.hr_magnification,
+            field_downsample=float(field.hr_downsample),
+            predicted_iou=float(score),
+            app_version=app_version,
+        )
+
+    @property
+    def from_instances(self) -> bool:
+        return self.prompt_kind == "instances"
+
     def measurements(self) -> dict[str, float]:
         """Numbers for QuPath's measurement table (filterable there)."""
+        score = "foreground probability" if self.from_instances else "predicted IoU"
         out = {
-            f"{MEASUREMENT_PREFIX}predicted IoU": self.predicted_iou,
+            f"{MEASUREMENT_PREFIX}{score}": self.predicted_iou,
             f"{MEASUREMENT_PREFIX}field downsample": self.field_downsample,
         }
         if self.field_magnification is not None:
@@ -149,10 +186,11 @@ class Provenance:
 
     def metadata(self) -> dict[str, str]:
         """Text for the object's metadata (QuPath keeps it on annotations)."""
+        made_by = "decoder" if self.from_instances else "heads"
         return {
             f"{METADATA_PREFIX}model": self.model,
-            f"{METADATA_PREFIX}heads": self.heads,
-            f"{METADATA_PREFIX}heads sha256": self.heads_sha256,
+            f"{METADATA_PREFIX}{made_by}": self.heads,
+            f"{METADATA_PREFIX}{made_by} sha256": self.heads_sha256,
             f"{METADATA_PREFIX}prompt kind": self.prompt_kind,
             f"{METADATA_PREFIX}prompt": json.dumps(self.prompt, separators=(",", ":")),
             f"{METADATA_PREFIX}version": self.app_version,
@@ -181,15 +219,17 @@ def read_provenance(measurements: dict[str, float], metadata: dict[str, str]) ->
     except ValueError:
         prompt = {}
     magnification = measurements.get(f"{mp}field magnification")
+    made_by = "decoder" if metadata.get(f"{prefix}prompt kind") == "instances" else "heads"
+    score = measurements.get(f"{mp}predicted IoU", measurements.get(f"{mp}foreground probability"))
     return Provenance(
         model=metadata[f"{prefix}model"],
-        heads=metadata.get(f"{prefix}heads", ""),
-        heads_sha256=metadata.get(f"{prefix}heads sha256", ""),
+        heads=metadata.get(f"{prefix}{made_by}", ""),
+        heads_sha256=metadata.get(f"{prefix}{made_by} sha256", ""),
         prompt_kind=metadata.get(f"{prefix}prompt kind", ""),
         prompt=prompt if isinstance(prompt, dict) else {},
         field_magnification=None if magnification is None else float(magnification),
         field_downsample=float(measurements.get(f"{mp}field downsample", float("nan"))),
-        predicted_iou=float(measurements.get(f"{mp}predicted IoU", float("nan"))),
+        predicted_iou=float("nan") if score is None else float(score),
         stability=measurements.get(f"{mp}stability"),
         app_version=metadata.get(f"{prefix}version", ""),
         time=metadata.get(f"{prefix}time", ""),

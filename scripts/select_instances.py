@@ -101,7 +101,11 @@ def load_items(dataset: str, out_size: int) -> tuple[list[TrainingItem], Instanc
     items = prepare_items(fields, cache, out_size, variants=range(8), with_lr=True)
     logger.info(
         "%s: %d items from %d fields (%d patches encoded, %.0f s)",
-        dataset, len(items), len(fields), cache.encoder_calls, time.perf_counter() - started,
+        dataset,
+        len(items),
+        len(fields),
+        cache.encoder_calls,
+        time.perf_counter() - started,
     )
     return items, cache
 
@@ -146,7 +150,9 @@ def command_cv(args: argparse.Namespace) -> None:
             state.parent.mkdir(parents=True, exist_ok=True)
             log_path = state.with_suffix("").with_suffix(".log.jsonl")
 
-            def on_epoch(epoch: int, _decoder: Any, record: dict[str, Any], lp: Path = log_path) -> None:
+            def on_epoch(
+                epoch: int, _decoder: Any, record: dict[str, Any], lp: Path = log_path
+            ) -> None:
                 with open(lp, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
 
@@ -159,13 +165,17 @@ def command_cv(args: argparse.Namespace) -> None:
             for item, value in zip(test_items, logits, strict=True):
                 torch.save(value.half(), out / f"{item.field.image}.pt")
             done_marker.write_text(json.dumps({"images": len(test_items), "log": outcome.log}))
-            logger.info("%s fold %d: trained and predicted %d images", candidate, fold, len(test_items))
+            logger.info(
+                "%s fold %d: trained and predicted %d images", candidate, fold, len(test_items)
+            )
 
 
 def _ground_truth(dataset: str, image: str) -> np.ndarray:
     from engine.train.readers import read_label_image
 
-    return read_label_image(DATASETS[dataset]["train"] / "labelcol" / Path(image).with_suffix(".png").name)
+    return read_label_image(
+        DATASETS[dataset]["train"] / "labelcol" / Path(image).with_suffix(".png").name
+    )
 
 
 def field_window(item: TrainingItem, shape: tuple[int, int]) -> tuple[int, int]:
@@ -175,7 +185,7 @@ def field_window(item: TrainingItem, shape: tuple[int, int]) -> tuple[int, int]:
     col, row = -ox / ds, -oy / ds
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6 or ds != 1.0:
         raise ValueError("cross-validation expects fields aligned with their image at 1:1")
-    return int(round(row)), int(round(col))
+    return round(row), round(col)
 
 
 def labels_in_image(
@@ -209,8 +219,9 @@ def evaluate_settings(
     min_pixels: float,
 ) -> dict[str, float]:
     scores = [
-        score_image(gt, labels_in_image(lg, settings, out_size, gt.shape, win, min_pixels),
-                    hausdorff=False)
+        score_image(
+            gt, labels_in_image(lg, settings, out_size, gt.shape, win, min_pixels), hausdorff=False
+        )
         for lg, gt, win in cases
     ]
     return score_images(scores).as_dict()
@@ -282,7 +293,11 @@ def _window_for(dataset: str, image: str) -> tuple[int, int]:
 
         spec = DATASETS[dataset]
         folder = spec["train"]
-        pairs = [p for p in pair_images_and_masks(folder / "img", folder / "labelcol") if p[0].name == image]
+        pairs = [
+            p
+            for p in pair_images_and_masks(folder / "img", folder / "labelcol")
+            if p[0].name == image
+        ]
         fields = label_map_fields(pairs, spec["magnification"], spec["magnification"])
         if len(fields) != 1:
             raise ValueError(f"{image}: expected one field, got {len(fields)}")
@@ -298,7 +313,9 @@ def _window_for(dataset: str, image: str) -> tuple[int, int]:
 def command_score(args: argparse.Namespace) -> None:
     results = []
     for candidate in args.candidates.split(","):
-        if not all((maps_dir(args.dataset, candidate, f) / "done.json").is_file() for f in range(FOLDS)):
+        if not all(
+            (maps_dir(args.dataset, candidate, f) / "done.json").is_file() for f in range(FOLDS)
+        ):
             logger.info("%s: cross-validation not finished, left out", candidate)
             continue
         started = time.perf_counter()
@@ -317,7 +334,8 @@ def command_score(args: argparse.Namespace) -> None:
     lines = [
         f"# Cross-validation: {args.dataset} ({FOLDS} folds by image, held-out folds pooled)",
         "",
-        "| candidate | score | GlaS F1 | object Dice | AJI | PQ | F1@0.5 | mSA | default-settings score | train s |",
+        "| candidate | score | GlaS F1 | object Dice | AJI | PQ | F1@0.5 | mSA "
+        "| default-settings score | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     kind = DATASETS[args.dataset]["primary"]
@@ -331,7 +349,10 @@ def command_score(args: argparse.Namespace) -> None:
         )
     lines.append("")
     for r in results:
-        lines.append(f"- {r['candidate']}: watershed {json.dumps(r['watershed'])}, min area {r['min_area_um2']} um^2")
+        lines.append(
+            f"- {r['candidate']}: watershed {json.dumps(r['watershed'])}, "
+            f"min area {r['min_area_um2']} um^2"
+        )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

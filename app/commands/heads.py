@@ -1,7 +1,7 @@
 """``wsi-sam heads list``: the WSI-SAM heads there are to choose from (``--heads NAME``).
 
-Lists the shipped heads, those in the user's heads folder (``WSI_SAM_HEADS_DIR`` overrides it)
-and, with ``--project``, those in the project's ``wsi-sam/heads/`` folder: name, place, what they
+Lists the shipped heads and instance decoders, those in the user's heads folder
+(``WSI_SAM_HEADS_DIR`` overrides it) and, with ``--project``, those in the project's ``wsi-sam/heads/`` folder: name, place, what they
 were trained on, their evaluation figures, sha256. Files that are not usable heads are reported
 with the reason and skipped.
 """
@@ -34,19 +34,24 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _entry_json(e: Any) -> dict[str, Any]:
+    return {
+        "name": e.name,
+        "place": e.place,
+        "path": str(e.path),
+        "sha256": e.sha256,
+        "size": e.size,
+        "trained_on": e.trained_on,
+        "figures": e.figures,
+    }
+
+
 def catalogue_json(catalogue: Any) -> dict[str, Any]:
     return {
-        "heads": [
-            {
-                "name": e.name,
-                "place": e.place,
-                "path": str(e.path),
-                "sha256": e.sha256,
-                "size": e.size,
-                "trained_on": e.trained_on,
-                "figures": e.figures,
-            }
-            for e in catalogue.entries
+        "heads": [_entry_json(e) for e in catalogue.entries],
+        "instance_decoders": [
+            {**_entry_json(e), "magnification": e.metadata.get("magnification")}
+            for e in catalogue.decoders
         ],
         "skipped": [
             {"path": str(s.path), "place": s.place, "reason": s.reason} for s in catalogue.skipped
@@ -65,6 +70,13 @@ def run_list(args: argparse.Namespace) -> int:
     if not catalogue.entries:
         print("no heads found (plain SAM only)")
     for entry in catalogue.entries:
+        print()
+        print(entry.describe())
+    print()
+    print("instance decoders (segment --everything --instances NAME):")
+    if not catalogue.decoders:
+        print("none")
+    for entry in catalogue.decoders:
         print()
         print(entry.describe())
     for skipped in catalogue.skipped:

@@ -74,6 +74,19 @@ def add_arguments(parser: argparse.ArgumentParser, box_type: Any) -> None:
         action="store_true",
         help="write segment-everything objects as detections instead of annotations",
     )
+    group.add_argument(
+        "--instances",
+        metavar="NAME",
+        help="segment everything with this instance decoder (glands, nuclei, a name from "
+        "'wsi-sam heads list' or a .pt file); it works at its own magnification",
+    )
+    group.add_argument(
+        "--everything-method",
+        choices=("auto", "instances", "grid"),
+        default="auto",
+        help="instances: the decoder of --instances; grid: SAM's point grid (zero-shot, any "
+        "object); auto (default): the decoder when --instances is given, else the grid",
+    )
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -94,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--region / --region-geojson go with --everything, not --refine", 2)
     if args.max_area is not None and args.max_area < args.min_area:
         raise UserError("--max-area must be at least --min-area", 2)
+    if args.everything_method == "instances" and not args.instances:
+        raise UserError("--everything-method instances needs --instances NAME", 2)
+    if args.instances and not args.everything:
+        raise UserError("--instances goes with --everything", 2)
     check_writable_file(args.out, "--out", folder_must_exist=True)
 
     from qupath_bridge import read_geojson
@@ -126,7 +143,24 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.refine:
             return _refine(args, slide, predictor, inputs, started)
-        return _everything(args, slide, predictor, inputs, started)
+        decoder = None
+        if args.instances and args.everything_method != "grid":
+            decoder = load_decoder(args.instances, model)
+        return _everything(args, slide, predictor, inputs, started, decoder)
+
+
+def load_decoder(name: str, model: Any, project: Any = None) -> Any:
+    """The instance decoder ``name`` (catalogue name or file) for ``model``'s encoder, or a
+    UserError that says why not."""
+    from engine.heads_catalogue import resolve_decoder
+    from engine.instances.checkpoint import DecoderError, read_decoder
+    from engine.wsi_sam import HeadsError
+
+    try:
+        path = resolve_decoder(name, project=project)
+        return read_decoder(path, encoder_sha256=model.sam.checkpoint_info.sha256)
+    except (DecoderError, HeadsError) as exc:
+        raise UserError(f"--instances: {exc}") from None
 
 
 def _bar(total: int, unit: str) -> Any:
@@ -195,12 +229,17 @@ def o_area(annotation: Any) -> float:
 
 
 def _everything(
-    args: argparse.Namespace, slide: Any, predictor: Any, regions: list[Any], started: float
+    args: argparse.Namespace,
+    slide: Any,
+    predictor: Any,
+    regions: list[Any],
+    started: float,
+    decoder: Any = None,
 ) -> int:
     from shapely.geometry import box as shapely_box
 
     from engine.cleanup import area_unit
-    from engine.everything import EverythingSettings
+    from engine.everything import EverythingSettings, drop_duplicates
     from qupath_bridge import Annotation, PathClass, write_geojson
 
     settings = EverythingSettings(
@@ -220,31 +259,92 @@ def _everything(
         raise UserError(f"{args.region_geojson}: no polygon to use as a region")
     path_class = PathClass.from_name(args.class_name) if args.class_name else None
     object_type = "detection" if args.detections else "annotation"
-    out: list[Any] = []
+    found_objects: list[tuple[Any, str | None]] = []
     fields = 0
     for geometry, parent_id in targets:
-        result = _run_region(predictor, slide, geometry, args.mode, settings)
+        if decoder is not None:
+            result = _run_region_instances(args, predictor, decoder, slide, geometry)
+        else:
+            result = _run_region(predictor, slide, geometry, args.mode, settings)
         fields += len(result.fields)
-        for found in result.objects:
-            out.append(
-                Annotation(
-                    geometry=found.geometry,
-                    object_type=object_type,
-                    path_class=path_class,
-                    parent_id=parent_id,
-                    **_provenance_fields(predictor.model, args.mode, found),
-                )
+        found_objects.extend((found, parent_id) for found in result.objects)
+    # overlapping regions see some objects twice: each object is written once
+    kept = drop_duplicates([found for found, _ in found_objects])
+    out: list[Any] = []
+    for index in kept:
+        found, parent_id = found_objects[index]
+        provenance = (
+            _decoder_provenance_fields(decoder, found)
+            if decoder is not None
+            else _provenance_fields(predictor.model, args.mode, found)
+        )
+        out.append(
+            Annotation(
+                geometry=found.geometry,
+                object_type=object_type,
+                path_class=path_class,
+                parent_id=parent_id,
+                **provenance,
             )
+        )
     write_geojson(args.out, out)
     elapsed = time.perf_counter() - started
-    limits = f"area >= {args.min_area:g}" + (
-        f", <= {args.max_area:g}" if args.max_area is not None else ""
-    )
+    if decoder is not None:
+        low = decoder.min_area_um2 if args.min_area == 0 else args.min_area
+        high = decoder.max_area_um2 if args.max_area is None else args.max_area
+        method = f"decoder {decoder.name} at {decoder.magnification:g}x"
+    else:
+        low, high = args.min_area, args.max_area
+        method = f"point grid, mode {args.mode}"
+    limits = f"area >= {low:g}" + (f", <= {high:g}" if high is not None else "")
     print(
         f"wrote {args.out}: {len(out)} {object_type}s from {fields} fields "
-        f"({limits} {area_unit(slide.mpp)}), mode {args.mode}, {elapsed:.1f} s"
+        f"({limits} {area_unit(slide.mpp)}), {method}, {elapsed:.1f} s"
     )
     return 0
+
+
+def _run_region_instances(
+    args: argparse.Namespace, predictor: Any, decoder: Any, slide: Any, geometry: Any
+) -> Any:
+    from engine.everything import tile_fields
+    from engine.instances.segment import InstanceSettings, segment_instances
+
+    settings = InstanceSettings(
+        min_area=args.min_area if args.min_area > 0 else None, max_area=args.max_area
+    )
+    total = len(
+        tile_fields(
+            slide, geometry, decoder.magnification, settings.tile_overlap,
+            args.level0_magnification,
+        )
+    )
+    with _bar(total, "field") as bar:
+        return segment_instances(
+            predictor.model.sam,
+            decoder,
+            slide,
+            geometry,
+            settings,
+            default_magnification=args.level0_magnification,
+            progress=lambda done, _total: bar.update(done - bar.n),
+        )
+
+
+def _decoder_provenance_fields(decoder: Any, found: Any) -> dict[str, Any]:
+    from app import __version__
+    from engine.provenance import Provenance
+
+    measurements: dict[str, float] = {}
+    metadata: dict[str, str] = {}
+    Provenance.from_decoder(
+        decoder.name,
+        decoder.sha256 or "",
+        field=found.field,
+        score=found.score,
+        app_version=f"WSI-SAM Studio {__version__}",
+    ).apply(measurements, metadata)
+    return {"measurements": measurements, "metadata": metadata}
 
 
 def _run_region(predictor: Any, slide: Any, geometry: Any, mode: str, settings: Any) -> Any:

@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,7 +207,7 @@ class OpenVinoImageEncoder:
         self._outputs = self._compiled.outputs
         logger.debug("OpenVINO encoder compiled in %.2f s", self.compile_seconds)
         self._local = threading.local()
-        self._stages_compiled = None
+        self._stages_compiled: Any = None
         self._stages_lock = threading.Lock()
 
     def _compile(self, ir_path: Path):  # type: ignore[no-untyped-def]

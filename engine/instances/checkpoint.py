@@ -99,7 +99,9 @@ def write_decoder(path: str | Path, model: InstanceModel) -> Path:
     payload = {
         "format": DECODER_FORMAT,
         "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.decoder.state_dict().items()},
+        "state_dict": {
+            k: v.detach().cpu().contiguous() for k, v in model.decoder.state_dict().items()
+        },
         "magnification": float(model.magnification),
         "watershed": model.watershed.to_dict(),
         "min_area_um2": float(model.min_area_um2),
@@ -171,7 +173,9 @@ def read_decoder(path: str | Path, encoder_sha256: str | None = None) -> Instanc
     for key, value in expected.items():
         got = tuple(getattr(state[key], "shape", ()))
         if got != tuple(value.shape):
-            raise DecoderError(f"{path}: {key} has shape {got}, the layout needs {tuple(value.shape)}")
+            raise DecoderError(
+                f"{path}: {key} has shape {got}, the layout needs {tuple(value.shape)}"
+            )
     decoder.load_state_dict(state)
     decoder.eval()
     trained_on = str((payload.get("encoder") or {}).get("checkpoint_sha256") or "")

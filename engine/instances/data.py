@@ -38,7 +38,9 @@ __all__ = [
 
 #: The eight symmetries of the square as (quarter turns, then a left-right mirror or not);
 #: index 0 is the identity.
-DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple(
+    (k, flip) for flip in (False, True) for k in range(4)
+)
 
 
 def apply_dihedral(array: NDArray, variant: int) -> NDArray:

@@ -20,9 +20,10 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
+from engine.patches import Field
 from engine.sam.sam import Sam
-from engine.train.features import encoder_fingerprint, source_stamp
 from engine.train.data import field_key
+from engine.train.features import encoder_fingerprint, source_stamp
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -107,10 +108,16 @@ class InstanceFeatureCache:
             self.root = Path(self.root)
             self.root.mkdir(parents=True, exist_ok=True)
 
-    def key(self, source: Path, field: object, variant: int, part: str) -> str:
+    def key(self, source: Path, field: Field, variant: int, part: str) -> str:
         text = "|".join(
-            (FEATURE_FORMAT, self._fingerprint, source_stamp(Path(source)), field_key(field),
-             f"d{variant}", part)
+            (
+                FEATURE_FORMAT,
+                self._fingerprint,
+                source_stamp(Path(source)),
+                field_key(field),
+                f"d{variant}",
+                part,
+            )
         )
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
@@ -158,7 +165,7 @@ class InstanceFeatureCache:
             raise
 
     def hr(
-        self, source: Path, field: object, variant: int, image: NDArray[np.uint8]
+        self, source: Path, field: Field, variant: int, image: NDArray[np.uint8]
     ) -> dict[str, torch.Tensor]:
         """HR maps (float16, (C, H, W)) and "rgb" ((512, 512, 3) uint8) of an already
         transformed HR patch ``image``, encoding only on a miss."""
@@ -174,7 +181,7 @@ class InstanceFeatureCache:
         return self.load(key) or maps
 
     def lr(
-        self, source: Path, field: object, variant: int, image: NDArray[np.uint8]
+        self, source: Path, field: Field, variant: int, image: NDArray[np.uint8]
     ) -> torch.Tensor:
         """The LR embedding (256, 64, 64) float16 of an already transformed LR patch."""
         key = self.key(source, field, variant, "lr")
