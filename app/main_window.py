@@ -381,11 +381,13 @@ class MainWindow(QMainWindow):
         from app.controllers.everything import EverythingController
         from app.controllers.provenance import AcceptedMaskProvenance
         from app.controllers.refine import RefineController
+        from app.controllers.train_instances import TrainInstancesController
         from app.dialogs.cleanup_settings import CleanupDialog, save_cleanup, saved_cleanup
 
         self.jobs, self.pending = EngineJobs(self), PendingResults(self)
         self.refiner, self.everything = RefineController(self), EverythingController(self)
         self.mask_provenance = AcceptedMaskProvenance(self)
+        self.train_instances = TrainInstancesController(self)  # Tools > Train automatic segm.
 
         def cleanup_dialog() -> None:
             def applied(settings: Any) -> None:

@@ -1,13 +1,15 @@
 """Cleanup on accept (remembered) and the settings of Segment everything, as dialogs.
 
 Distances are in um and areas in um^2 when the slide has a pixel size, px / px^2 otherwise; the
-dialogs say which. Both are remembered in the user's settings.
+dialogs say which. Both are remembered in the user's settings, and so is the method of Segment
+everything: an instance decoder (its file) or the point grid (:data:`GRID`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -15,6 +17,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
+    QLabel,
     QSpinBox,
     QWidget,
 )
@@ -144,14 +147,55 @@ def save_everything(chosen: Any, output: str) -> None:
     settings.sync()
 
 
-class EverythingDialog(QDialog):
-    """Grid density, thresholds, area limits and output kind of Segment everything."""
+#: the method value of SAM's point grid (the other methods are decoder files)
+GRID = "grid"
+GRID_LABEL = "Point grid (any object)"
 
-    def __init__(self, chosen: Any, output: str, has_pixel_size: bool, parent: QWidget | None):
+
+def saved_everything_method() -> str:
+    """The remembered method of Segment everything: a decoder file's path, or :data:`GRID`."""
+    return str(app_settings().value("everything/method", GRID) or GRID)
+
+
+def save_everything_method(method: str) -> None:
+    settings = app_settings()
+    settings.setValue("everything/method", method)
+    settings.sync()
+
+
+class EverythingDialog(QDialog):
+    """Method, grid density, thresholds, area limits and output kind of Segment everything.
+
+    ``methods`` lists (label, value, tooltip) of the methods to offer (decoder paths and
+    :data:`GRID`); without it only the grid is offered. The grid's own settings are disabled
+    while a decoder is chosen; area limits left at 0 / no limit then take the decoder's own.
+    """
+
+    def __init__(
+        self,
+        chosen: Any,
+        output: str,
+        has_pixel_size: bool,
+        parent: QWidget | None,
+        methods: list[tuple[str, str, str]] | None = None,
+        method: str = GRID,
+    ):
         super().__init__(parent)
         self.setWindowTitle("Segment everything in region")
         area = "um²" if has_pixel_size else "px²"
         form = QFormLayout(self)
+        self.method_combo = QComboBox()
+        for label, value, tip in methods or [(GRID_LABEL, GRID, "")]:
+            self.method_combo.addItem(label, value)
+            self.method_combo.setItemData(
+                self.method_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole
+            )
+        index = self.method_combo.findData(method)
+        self.method_combo.setCurrentIndex(index if index >= 0 else self.method_combo.count() - 1)
+        self.method_note = QLabel("")
+        self.method_note.setWordWrap(True)
+        form.addRow("Method", self.method_combo)
+        form.addRow("", self.method_note)
         self.points = QSpinBox()
         self.points.setRange(2, 64)
         self.points.setValue(chosen.points_per_side)
@@ -176,6 +220,23 @@ class EverythingDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self._method_changed()
+
+    def _method_changed(self, _index: int = 0) -> None:
+        grid = self.method() == GRID
+        for widget in (self.points, self.iou, self.stability):
+            widget.setEnabled(grid)
+        self.method_note.setText(
+            "SAM prompted with a grid of points in each field: any kind of object, slower."
+            if grid
+            else "A decoder trained to find every object of its kind, at its own "
+            "magnification. Smallest 0 / largest no limit: the decoder's own limits."
+        )
+
+    def method(self) -> str:
+        """The chosen method: a decoder file's path or :data:`GRID`."""
+        return str(self.method_combo.currentData() or GRID)
 
     def chosen(self) -> tuple[Any, str]:
         from engine.everything import EverythingSettings
@@ -192,10 +253,14 @@ class EverythingDialog(QDialog):
 
 
 __all__ = [
+    "GRID",
+    "GRID_LABEL",
     "CleanupDialog",
     "EverythingDialog",
     "save_cleanup",
     "save_everything",
+    "save_everything_method",
     "saved_cleanup",
     "saved_everything",
+    "saved_everything_method",
 ]
