@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segment everything inside the slide's annotations of class --regions",
     )
     work.add_argument("--prompts-dir", help="folder of <slide stem>.geojson prompt files")
+    work.add_argument(
+        "--instances",
+        metavar="NAME",
+        help="--everything with this instance decoder (a name from 'wsi-sam heads list' or a "
+        ".pt file) instead of the point grid",
+    )
     work.add_argument("--regions", metavar="CLASS", help="--everything: the regions' class")
     work.add_argument("--class", dest="class_name", help="class of the objects made")
     work.add_argument(
@@ -164,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--everything needs --regions CLASS (the class of the regions)", 2)
     if args.regions and not args.everything:
         raise UserError("--regions goes with --everything", 2)
+    if args.instances and not args.everything:
+        raise UserError("--instances goes with --everything", 2)
     if args.max_area is not None and args.max_area < args.min_area:
         raise UserError("--max-area must be at least --min-area", 2)
     if args.scheduler and (args.workers or args.threads_per_worker != 1):
@@ -231,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             points_per_side=args.points_per_side, min_area=args.min_area, max_area=args.max_area
         )
     kind: WorkKind = "prompts" if args.prompts else ("refine" if args.refine else "everything")
-    work = Work(kind, everything)
+    work = Work(kind, everything, *_decoder_file(args))
     io = batch_io.BatchIO(output_class=args.class_name, region_class=args.regions)
     manifest = Manifest(out_dir)
     jobs = batch_io.make_jobs(
@@ -306,3 +314,24 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _decoder_file(args: argparse.Namespace) -> tuple[str | None, str]:
+    """``--instances``: the decoder's absolute path (the workers load it) and its sha256, checked
+    here so that a wrong name or a damaged file stops the batch before it starts."""
+    if not args.instances:
+        return None, ""
+    from engine.heads_catalogue import resolve_decoder
+    from engine.instances.checkpoint import DecoderError, read_decoder
+    from engine.wsi_sam import HeadsError
+
+    source = Path(args.input)
+    is_project = source.suffix == ".qpproj" or (source / "project.qpproj").is_file()
+    project = source if is_project else None
+    try:
+        path = resolve_decoder(args.instances, project=project)
+        decoder = read_decoder(path)
+    except (DecoderError, HeadsError) as exc:
+        raise UserError(f"--instances: {exc}") from None
+    return str(Path(path).resolve()), decoder.sha256 or ""
+

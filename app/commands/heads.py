@@ -1,9 +1,9 @@
 """``wsi-sam heads list``: the WSI-SAM heads there are to choose from (``--heads NAME``).
 
 Lists the shipped heads and instance decoders, those in the user's heads folder
-(``WSI_SAM_HEADS_DIR`` overrides it) and, with ``--project``, those in the project's ``wsi-sam/heads/`` folder: name, place, what they
-were trained on, their evaluation figures, sha256. Files that are not usable heads are reported
-with the reason and skipped.
+(``WSI_SAM_HEADS_DIR`` overrides it) and, with ``--project``, those in the project's
+``wsi-sam/heads/`` folder: name, place, what they were trained on, their evaluation figures,
+sha256. Files that are neither heads nor decoders are reported with the reason and skipped.
 """
 
 from __future__ import annotations

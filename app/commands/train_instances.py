@@ -85,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what the validation tunes for: glands (GlaS F1 + object Dice) or nuclei (AJI); "
         "default: from the objects' size",
     )
-    parser.add_argument("--cache", type=Path, help="feature cache (default: OUT's folder)")
+    parser.add_argument(
+        "--cache", type=Path, help="feature cache (default: the user's cache folder)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
     parser.add_argument("--checkpoint", help="MobileSAM checkpoint (default: the packaged one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -304,7 +306,10 @@ def run(args: argparse.Namespace) -> int:
         sam = load_sam(checkpoint=args.checkpoint, **engine_kwargs(args))
     except (WeightsError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
-    cache_dir = args.cache or args.out.parent / "instance_feature_cache"
+    from engine.backends.openvino_backend import cache_root
+
+    # the encoder maps are rebuilt when lost: the user's cache folder, not beside the decoder
+    cache_dir = args.cache or cache_root() / "instance_features"
     cache = InstanceFeatureCache(cache_dir, sam)
     variants = (
         tuple(range(len(DIHEDRAL)))[: args.variants] if args.variants < 8 else tuple(range(8))

@@ -99,10 +99,16 @@ class Work:
 
     kind: WorkKind = "prompts"
     everything: EverythingSettings | None = None
+    #: kind "everything" with an instance decoder: its file (else the point grid) and sha256
+    instances: str | None = None
+    instances_sha256: str = ""
 
     def identity(self) -> dict[str, Any]:
         settings = None if self.everything is None else dataclasses.asdict(self.everything)
-        return {"kind": self.kind, "everything": settings}
+        out: dict[str, Any] = {"kind": self.kind, "everything": settings}
+        if self.instances is not None:
+            out["instances"] = {"path": self.instances, "sha256": self.instances_sha256}
+        return out
 
 
 @dataclass(frozen=True)
@@ -322,6 +328,7 @@ _USER_ERRORS = {
     "WeightsError",
     "BackendError",
     "HeadsError",
+    "DecoderError",
 }
 
 
@@ -427,28 +434,76 @@ def _run_refine(
     return made
 
 
+_DECODERS: dict[tuple[str, str], Any] = {}
+
+
+def _decoder(path: str, encoder_sha256: str) -> Any:
+    """The instance decoder of ``path``, loaded once per worker process."""
+    from engine.instances.checkpoint import read_decoder
+
+    key = (path, encoder_sha256)
+    with _models_lock:
+        if key not in _DECODERS:
+            _DECODERS[key] = read_decoder(path, encoder_sha256=encoder_sha256)
+        return _DECODERS[key]
+
+
 def _run_everything(
     predictor: WsiSamPredictor,
     slide: Slide,
     specs: Sequence[PromptSpec],
     mode: str,
-    settings: EverythingSettings | None,
+    work: Work,
     notes: _Notes,
 ) -> list[MadeObject]:
-    from engine.everything import segment_everything
+    from engine.everything import drop_duplicates, segment_everything
+    from engine.provenance import Provenance
     from engine.wsi_predictor import PromptError
 
-    made: list[MadeObject] = []
+    settings = work.everything
+    decoder = None
+    if work.instances is not None:
+        decoder = _decoder(work.instances, predictor.model.sam.checkpoint_info.sha256)
+    found: list[tuple[int, Any, PromptSpec]] = []
     for index, spec in enumerate(specs):
         if spec.problem or spec.geometry is None:
             notes.add(spec.problem or "a region without area")
             continue
         try:
-            result = segment_everything(predictor, slide, spec.geometry, mode, settings)
+            if decoder is not None:
+                from engine.instances.segment import InstanceSettings, segment_instances
+
+                limits = InstanceSettings(
+                    min_area=settings.min_area if settings and settings.min_area > 0 else None,
+                    max_area=settings.max_area if settings else None,
+                )
+                result = segment_instances(
+                    predictor.model.sam,
+                    decoder,
+                    slide,
+                    spec.geometry,
+                    limits,
+                    default_magnification=predictor.default_magnification,
+                )
+            else:
+                result = segment_everything(predictor, slide, spec.geometry, mode, settings)
         except PromptError as exc:
             notes.add(f"region not used: {_one_line(exc)}")
             continue
-        for number, obj in enumerate(result.objects):
+        found.extend((index, obj, spec) for obj in result.objects)
+    # overlapping regions see some objects twice: each is written once
+    keep = drop_duplicates([obj for _, obj, _ in found])
+    made: list[MadeObject] = []
+    numbers: dict[int, int] = {}
+    for position in keep:
+        index, obj, spec = found[position]
+        number = numbers[index] = numbers.get(index, -1) + 1
+        if decoder is not None:
+            provenance = Provenance.from_decoder(
+                decoder.name, decoder.sha256 or "", field=obj.field, score=obj.score
+            )
+            measurements, metadata = provenance.measurements(), provenance.metadata()
+        else:
             measurements, metadata = _provenance(
                 predictor.model,
                 mode,
@@ -492,7 +547,7 @@ def run_job(job: SlideJob) -> SlideOutcome:
             elif job.work.kind == "refine":
                 made = _run_refine(predictor, slide, specs, mode, notes)
             elif job.work.kind == "everything":
-                made = _run_everything(predictor, slide, specs, mode, job.work.everything, notes)
+                made = _run_everything(predictor, slide, specs, mode, job.work, notes)
             else:
                 raise ValueError(f"unknown work {job.work.kind!r}")
         outcome.output_sha256, outcome.ids = job.io.write_output(job, made)

@@ -234,7 +234,8 @@ def instance_loss(
     floor = -(t * t.log() + (1 - t) * (1 - t).log())
     dist = ((distance - floor).sum(1) * inside).sum() / n_inside
     total = fg_bce + fg_dice + dist
-    return total, {"fg_bce": float(fg_bce), "fg_dice": float(fg_dice), "distance": float(dist)}
+    parts = {"fg_bce": float(fg_bce.detach()), "fg_dice": float(fg_dice.detach())}
+    return total, {**parts, "distance": float(dist.detach())}
 
 
 def _batch(
