@@ -1,8 +1,9 @@
-"""Convert the image encoder (and the shipped heads' decoders) to OpenVINO IR for the bundle.
+"""Convert the image encoder (its prompt graph and the stage-maps graph of the instance
+decoders) and the shipped heads' decoders to OpenVINO IR for the bundle.
 
     python packaging/convert_models.py OUT_DIR [--checkpoint PATH]
 
-writes ``OUT_DIR/<model_key>/encoder.xml`` (+ ``.bin``), where ``<model_key>`` is the engine's own
+writes ``OUT_DIR/<model_key>/encoder.xml`` (+ ``.bin``; the stages graph under its own key), where ``<model_key>`` is the engine's own
 key for this checkpoint, this OpenVINO version and the encoder graph's version
 (``engine.backends.openvino_backend.model_key``). The spec copies ``OUT_DIR`` into the bundle as
 ``openvino_models/``, the folder ``find_or_convert`` looks in first when the app is frozen
@@ -32,11 +33,12 @@ def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
     )
     sam = model.sam
     key = model_key(sam.checkpoint_info.sha256)
+    stages_key = model_key(sam.checkpoint_info.sha256, "stages")
     decoders = decoders_key(model)
     target = out_dir / key
     out_dir.mkdir(parents=True, exist_ok=True)
     for other in out_dir.iterdir():
-        if other.name not in (key, decoders):
+        if other.name not in (key, stages_key, decoders):
             if other.is_dir():
                 shutil.rmtree(other)
             else:
@@ -51,12 +53,14 @@ def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
         if decoder_dir.exists():  # incomplete: convert again
             shutil.rmtree(decoder_dir)
         convert_decoders(model, decoder_dir)
-    ir = target / IR_NAME
-    if ir.is_file() and ir.with_suffix(".bin").is_file():
-        return ir
-    if target.exists():  # incomplete: convert again
-        shutil.rmtree(target)
-    return convert_encoder(sam.image_encoder, target)
+    for folder, graph in ((out_dir / stages_key, "stages"), (target, "encoder")):
+        ir = folder / IR_NAME
+        if ir.is_file() and ir.with_suffix(".bin").is_file():
+            continue
+        if folder.exists():  # incomplete: convert again
+            shutil.rmtree(folder)
+        convert_encoder(sam.image_encoder, folder, graph)
+    return target / IR_NAME
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ def fake_convert(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """convert_encoder writes two placeholder files instead of converting; calls are recorded."""
     calls: list[Path] = []
 
-    def convert(encoder: object, folder: Path) -> Path:
+    def convert(encoder: object, folder: Path, graph: str = "encoder") -> Path:
         calls.append(folder)
         folder.mkdir(parents=True)
         (folder / openvino_backend.IR_NAME).write_text("<net/>")
@@ -68,15 +68,16 @@ def test_bundle_models_are_found_by_the_frozen_app(
 
     ir = convert_models.convert_models(out)
     key = openvino_backend.model_key(sha256_of(default_checkpoint_path()))
+    stages = openvino_backend.model_key(sha256_of(default_checkpoint_path()), "stages")
     assert ir == out / key / openvino_backend.IR_NAME
     decoders = [p.name for p in out.iterdir() if p.name.startswith("decoders-")]
     assert len(decoders) == 1
-    assert sorted(p.name for p in out.iterdir()) == sorted([key, decoders[0]])
-    assert sorted(fake_convert) == sorted([out / key, out / decoders[0]])
+    assert sorted(p.name for p in out.iterdir()) == sorted([key, stages, decoders[0]])
+    assert sorted(fake_convert) == sorted([out / key, out / stages, out / decoders[0]])
 
     # a second build keeps the IRs that are there
     assert convert_models.convert_models(out) == ir
-    assert len(fake_convert) == 2
+    assert len(fake_convert) == 3
 
     # the frozen app, with an empty user cache, takes the bundle's IR and converts nothing
     monkeypatch.setattr(sys, "frozen", True, raising=False)
