@@ -357,6 +357,82 @@ def command_score(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def command_refine(args: argparse.Namespace) -> None:
+    """Rule step 4: the chosen candidate's held-out objects with and without WSI-SAM
+    refinement (box + own mask on the decoder's field), scored the same way."""
+    import engine
+    from app.commands.eval import pair_images_and_masks
+    from engine.instances.evaluate import draw_labels
+    from engine.instances.refine import refine_objects
+    from engine.instances.segment import field_objects
+    from engine.instances.watershed import instances_from_maps, maps_to_probabilities
+
+    spec = DATASETS[args.dataset]
+    results = json.loads((run_dir(args.dataset) / "cv" / "results.json").read_text())
+    chosen = next(r for r in results if r["candidate"] == args.candidate)
+    settings = WatershedSettings.from_dict(chosen["watershed"])
+    min_px = chosen["min_area_um2"] / spec["mpp"] ** 2
+    out_size = CANDIDATES[args.candidate].out_size
+    model = engine.load_wsi_sam(device="cpu")
+    predictor = engine.WsiSamPredictor(
+        model, magnification=spec["magnification"], default_magnification=spec["magnification"]
+    )
+    folder = spec["train"]
+    pairs = dict(pair_images_and_masks(folder / "img", folder / "labelcol"))
+    plain, refined = [], []
+    started = time.perf_counter()
+    n_objects = 0
+    for fold in range(FOLDS):
+        for path in sorted(maps_dir(args.dataset, args.candidate, fold).glob("*.pt")):
+            image = folder / "img" / path.stem
+            gt = _ground_truth(args.dataset, path.stem)
+            fields = label_map_fields(
+                [(image, pairs[image])], spec["magnification"], spec["magnification"]
+            )
+            chosen_field = fields[0].field
+            logits = torch.load(path, weights_only=True).float()
+            probabilities = maps_to_probabilities(logits, settings.work_size)
+            labels = instances_from_maps(probabilities, settings, out_size)
+            height, width = gt.shape
+            from shapely.geometry import box as shapely_box
+
+            objects = field_objects(
+                labels, probabilities, chosen_field, shapely_box(0, 0, width, height)
+            )
+            objects = [o for o in objects if o.geometry.area >= min_px]
+            n_objects += len(objects)
+            with engine.open_slide(image) as slide:
+                slide.set_scale(magnification=spec["magnification"])
+                better = refine_objects(predictor, slide, chosen_field, objects)
+                predictor.clear_cache()
+            plain.append(
+                score_image(
+                    gt, draw_labels([o.geometry for o in objects], gt.shape), hausdorff=False
+                )
+            )
+            refined.append(
+                score_image(
+                    gt, draw_labels([o.geometry for o in better], gt.shape), hausdorff=False
+                )
+            )
+    kind = spec["primary"]
+    before = score_images(plain).as_dict()
+    after = score_images(refined).as_dict()
+    record = {
+        "candidate": args.candidate,
+        "objects": n_objects,
+        "seconds": round(time.perf_counter() - started, 1),
+        "without": before,
+        "with": after,
+        "score_without": primary_score(before, kind),
+        "score_with": primary_score(after, kind),
+    }
+    record["refine_by_default"] = record["score_with"] > record["score_without"] + 0.005
+    out = run_dir(args.dataset) / "cv" / "refine.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -370,6 +446,10 @@ def main() -> None:
     score.add_argument("--dataset", choices=DATASETS, required=True)
     score.add_argument("--candidates", default=",".join(CANDIDATES))
     score.set_defaults(func=command_score)
+    refine = sub.add_parser("refine")
+    refine.add_argument("--dataset", choices=DATASETS, required=True)
+    refine.add_argument("--candidate", required=True)
+    refine.set_defaults(func=command_refine)
     args = parser.parse_args()
     args.func(args)
 
