@@ -14,8 +14,16 @@ against a reference encode measured in the same run.
   machine load affects all alike.
 
 Prints median seconds per field for each case and part, objects found and objects per second,
-and each case's ratio to the reference encode. The default image is the first GlaS test image in
-``../shared`` (the field covers all of it), at 20x; nuclei: ``--decoder nuclei --image
+and each case's ratio to the reference encode.
+
+``--region-size N`` instead measures one large region: an N x N px pyramid at 40x (0.25 um/px)
+is written to a temporary folder from 512-px JPEG tiles of real H&E (the MoNuSeg test images in
+``../shared``; a synthetic texture when they are absent), and the decoder segments all of it with
+streamed fields: seconds, fields, objects, and the process's resident memory (RSS) after each
+field and its peak, against the features one field needs.
+
+The default image is the first GlaS test image in ``../shared`` (the field covers all of it), at
+20x; nuclei: ``--decoder nuclei --image
 ../shared/datasets/MoNuSeg_instances__bruceyang2012/Test_Folder/img/<name>.png
 --image-magnification 40``.
 """
@@ -23,6 +31,7 @@ and each case's ratio to the reference encode. The default image is the first Gl
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -30,6 +39,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +79,82 @@ def reference_encoder() -> tuple[str, Callable[[], object]]:
     return name, encode
 
 
+MONUSEG_TEST = ROOT.parent / "shared/datasets/MoNuSeg_instances__bruceyang2012/Test_Folder/img"
+
+
+def real_tile_pool(tile: int = 512) -> list[bytes]:
+    """JPEG tiles cut from the MoNuSeg test images (empty when they are not there)."""
+    import io
+
+    from PIL import Image
+
+    pool = []
+    for path in sorted(MONUSEG_TEST.glob("*.png")):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        for y in range(0, rgb.shape[0] - tile + 1, tile // 2):
+            for x in range(0, rgb.shape[1] - tile + 1, tile // 2):
+                buffer = io.BytesIO()
+                Image.fromarray(rgb[y : y + tile, x : x + tile]).save(buffer, "JPEG", quality=85)
+                pool.append(buffer.getvalue())
+    return pool
+
+
+def rss_mb() -> float:
+    """The process's resident memory now, MB (Linux /proc)."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def region_benchmark(args: argparse.Namespace) -> None:
+    import resource
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_viewer
+
+    pool = real_tile_pool()
+    if pool:
+        bench_viewer.jpeg_tile_pool = lambda tile, variants, quality=80: pool  # type: ignore[assignment]
+    model = engine.load_wsi_sam(device="cpu", backend=args.backend, precision=args.precision)
+    decoder = read_decoder(
+        resolve_decoder(args.decoder), encoder_sha256=model.sam.checkpoint_info.sha256
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "region.tif"
+        made = bench_viewer.write_jpeg_pyramid(path, args.region_size)
+        print(
+            f"{args.region_size} x {args.region_size} px pyramid at 40x from "
+            f"{'real H&E tiles' if pool else 'synthetic tiles'}: {made['bytes'] / 1e6:.0f} MB, "
+            f"{made['seconds']:.0f} s to write"
+        )
+        trace: list[float] = []
+        with engine.open_slide(path) as slide:
+            started = time.perf_counter()
+            before = rss_mb()
+            result = segment_instances(
+                model.sam,
+                decoder,
+                slide,
+                (0, 0, args.region_size, args.region_size),
+                progress=lambda done, total: trace.append(rss_mb()),
+            )
+            seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n = len(result.fields)
+    print(
+        f"decoder {decoder.name} at {decoder.magnification:g}x: {n} fields, "
+        f"{len(result.objects)} objects, {seconds:.0f} s ({seconds / n:.2f} s / field)"
+    )
+    quarter = [trace[int(i * (len(trace) - 1) / 4)] for i in range(5)] if trace else []
+    print(
+        f"RSS: {before:.0f} MB before, after fields 0/25/50/75/100 %: "
+        + ", ".join(f"{v:.0f}" for v in quarter)
+        + f" MB; peak {peak:.0f} MB"
+    )
+    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decoder", default="glands", help="decoder name or file")
@@ -79,7 +165,11 @@ def main() -> None:
     parser.add_argument("--mode", default="wsi-sam", choices=("wsi-sam", "sam"))
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--region-size", type=int, default=0, help="see above (0: off)")
     args = parser.parse_args()
+    if args.region_size:
+        region_benchmark(args)
+        return
 
     model = engine.load_wsi_sam(device="cpu", backend=args.backend, precision=args.precision)
     decoder = read_decoder(
