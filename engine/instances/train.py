@@ -369,7 +369,7 @@ def train_decoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for key, value in {"loss": float(loss), **parts}.items():
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
             if progress is not None:
