@@ -81,11 +81,15 @@ class _CachedField:
     # heads version they were computed with
     hr_static: torch.Tensor | None = None
     hr_static_version: int = -1
+    # data derived from this field's embedding (e.g. per-object features), dropped with it;
+    # values with an ``nbytes`` count towards the cache's budget
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def nbytes(self) -> int:
         total = sum(f.nbytes() for f in (self.hr, self.lr) if f is not None)
         if self.hr_static is not None:
             total += self.hr_static.numel() * self.hr_static.element_size()
+        total += sum(int(getattr(value, "nbytes", 0)) for value in self.extras.values())
         return total
 
 
@@ -277,6 +281,23 @@ class WsiSamPredictor:
         """Whether ``chosen`` is fully encoded (both patches unless ``need_lr`` is False)."""
         entry = self._cache.get((self._slide_key(slide), chosen.key))
         return entry is not None and entry.hr is not None and (entry.lr is not None or not need_lr)
+
+    def encoded_field(
+        self, slide: Slide, chosen: Field, need_lr: bool = True
+    ) -> tuple[PatchFeatures, PatchFeatures | None, dict[str, Any], bool]:
+        """A field's encoder outputs, encoded once through the cache.
+
+        Returns:
+            the HR and LR :class:`~engine.wsi_sam.PatchFeatures` (batch of one: embedding
+            (1, 256, 64, 64), early (1, 160, 64, 64); LR None unless ``need_lr`` or cached), the
+            field's *extras* (a dict kept with the cached embedding for data derived from it,
+            such as per-object features, and dropped when the field leaves the cache; values
+            with an ``nbytes`` attribute count towards the cache's memory budget), and whether
+            the field had to be encoded.
+        """
+        entry, encoded = self._features(slide, chosen, need_lr=need_lr, timings={})
+        assert entry.hr is not None
+        return entry.hr, entry.lr, entry.extras, encoded
 
     def _features(
         self, slide: Slide, chosen: Field, need_lr: bool, timings: dict[str, float]
