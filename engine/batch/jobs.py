@@ -514,10 +514,67 @@ def _run_everything(
                 labels=[1],
                 stability=obj.stability,
             )
-            made.append(
-                MadeObject(obj.geometry, measurements, metadata, spec.carry, (index, number))
-            )
+        made.append(MadeObject(obj.geometry, measurements, metadata, spec.carry, (index, number)))
     return made
+
+
+_CLASSIFIERS: dict[tuple[str, str], Any] = {}
+
+
+def _classifier(path: str, sha256: str) -> Any:
+    """The object classifier of ``path``, loaded (validated, refitted) once per worker process;
+    a :class:`~engine.objects.classifier.ClassifierError` when the file changed since the batch
+    started."""
+    import hashlib
+
+    from engine.objects.classifier import ClassifierError, ObjectClassifier
+
+    key = (path, sha256)
+    with _models_lock:
+        if key not in _CLASSIFIERS:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+                raise ClassifierError(f"{path}: the classifier changed since the batch started")
+            _CLASSIFIERS[key] = ObjectClassifier.from_json(data, path)
+        return _CLASSIFIERS[key]
+
+
+def _classify(
+    predictor: WsiSamPredictor,
+    slide: Slide,
+    made: list[MadeObject],
+    work: Work,
+    notes: _Notes,
+) -> list[MadeObject]:
+    """Each object with the classifier's class (``carry`` "class", "color") and probability
+    (measurement), those classified as "not an object" left out when ``work.drop_ignored``."""
+    from engine.objects.classifier import PROBABILITY_MEASUREMENT, is_ignored
+    from engine.objects.features import object_features
+
+    assert work.classifier is not None
+    classifier = _classifier(work.classifier, work.classifier_sha256)
+    classifier.check_encoder(predictor.model.sam.checkpoint_info.sha256)
+    if not made:
+        return made
+    features = object_features(
+        predictor,
+        slide,
+        [m.geometry for m in made],
+        classifier.settings,
+        context="lr" in classifier.feature_set.split("+"),
+    )
+    predicted = classifier.predict(features.matrix(classifier.feature_set))
+    out: list[MadeObject] = []
+    for obj, name, probability in zip(made, predicted.classes, predicted.probability, strict=True):
+        if work.drop_ignored and is_ignored(str(name)):
+            notes.add(f"classified {name} (dropped)")
+            continue
+        color = classifier.colors.get(str(name))
+        carry = {**obj.carry, "class": str(name), "color": list(color) if color else None}
+        measurements = {**obj.measurements, PROBABILITY_MEASUREMENT: float(probability)}
+        out.append(dataclasses.replace(obj, carry=carry, measurements=measurements))
+    return out
 
 
 def run_job(job: SlideJob) -> SlideOutcome:
