@@ -17,6 +17,7 @@ COMMANDS = [
     "train_instances",
     "eval",
     "eval_instances",
+    "classify",
     "project",
     "batch",
     "heads",

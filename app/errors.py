@@ -45,6 +45,7 @@ _USER_ERROR_CLASSES = {
     "engine.backends.BackendError",
     "engine.train.readers.AnnotationReadError",
     "engine.train.trainer.TrainingError",
+    "engine.objects.classifier.ClassifierError",
     "qupath_bridge.errors.BridgeError",
     "app.commands.eval.DataError",
 }

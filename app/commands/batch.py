@@ -73,6 +73,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="--everything with this instance decoder (a name from 'wsi-sam heads list' or a "
         ".pt file) instead of the point grid",
     )
+    work.add_argument(
+        "--classifier",
+        metavar="FILE",
+        help="classify the objects made with this object classifier (a .json saved by "
+        "'wsi-sam classify --save-classifier' or the app; for a project also a NAME in its "
+        "wsi-sam/classifiers/): class and 'Classifier: probability'",
+    )
+    work.add_argument(
+        "--drop-ignored",
+        action="store_true",
+        help="--classifier: leave out the objects it classifies as a class ending in '*' (Ignore*)",
+    )
     work.add_argument("--regions", metavar="CLASS", help="--everything: the regions' class")
     work.add_argument("--class", dest="class_name", help="class of the objects made")
     work.add_argument(
@@ -172,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--regions goes with --everything", 2)
     if args.instances and not args.everything:
         raise UserError("--instances goes with --everything", 2)
+    if args.drop_ignored and not args.classifier:
+        raise UserError("--drop-ignored goes with --classifier", 2)
     if args.max_area is not None and args.max_area < args.min_area:
         raise UserError("--max-area must be at least --min-area", 2)
     if args.scheduler and (args.workers or args.threads_per_worker != 1):
@@ -239,7 +253,15 @@ def run(args: argparse.Namespace) -> int:
             points_per_side=args.points_per_side, min_area=args.min_area, max_area=args.max_area
         )
     kind: WorkKind = "prompts" if args.prompts else ("refine" if args.refine else "everything")
-    work = Work(kind, everything, *_decoder_file(args))
+    classifier, classifier_sha256 = _classifier_file(args)
+    work = Work(
+        kind,
+        everything,
+        *_decoder_file(args),
+        classifier=classifier,
+        classifier_sha256=classifier_sha256,
+        drop_ignored=args.drop_ignored,
+    )
     io = batch_io.BatchIO(output_class=args.class_name, region_class=args.regions)
     manifest = Manifest(out_dir)
     jobs = batch_io.make_jobs(
@@ -335,3 +357,28 @@ def _decoder_file(args: argparse.Namespace) -> tuple[str | None, str]:
         raise UserError(f"--instances: {exc}") from None
     return str(Path(path).resolve()), decoder.sha256 or ""
 
+
+def _classifier_file(args: argparse.Namespace) -> tuple[str | None, str]:
+    """``--classifier``: the file's absolute path (the workers load it) and its sha256, loaded
+    here once so that a wrong name or a damaged, foreign or pickled file stops the batch before
+    it starts."""
+    if not args.classifier:
+        return None, ""
+    import hashlib
+
+    from engine.objects.classifier import ClassifierError, ObjectClassifier
+
+    path = Path(args.classifier)
+    source = Path(args.input)
+    project = source.parent if source.suffix == ".qpproj" else source
+    named = project / "wsi-sam" / "classifiers" / f"{args.classifier}.json"
+    if not path.is_file() and (project / "project.qpproj").is_file() and named.is_file():
+        path = named
+    try:
+        data = path.read_bytes()
+        ObjectClassifier.from_json(data, str(path))
+    except FileNotFoundError:
+        raise UserError(f"--classifier {path}: no such file") from None
+    except ClassifierError as exc:
+        raise UserError(f"--classifier: {exc}") from None
+    return str(path.resolve()), hashlib.sha256(data).hexdigest()

@@ -102,12 +102,23 @@ class Work:
     #: kind "everything" with an instance decoder: its file (else the point grid) and sha256
     instances: str | None = None
     instances_sha256: str = ""
+    #: an object classifier (:mod:`engine.objects`) applied to the objects made: its file and
+    #: sha256; ``drop_ignored`` leaves out the objects it classifies as a class ending in "*"
+    classifier: str | None = None
+    classifier_sha256: str = ""
+    drop_ignored: bool = False
 
     def identity(self) -> dict[str, Any]:
         settings = None if self.everything is None else dataclasses.asdict(self.everything)
         out: dict[str, Any] = {"kind": self.kind, "everything": settings}
         if self.instances is not None:
             out["instances"] = {"path": self.instances, "sha256": self.instances_sha256}
+        if self.classifier is not None:
+            out["classifier"] = {
+                "path": self.classifier,
+                "sha256": self.classifier_sha256,
+                "drop_ignored": self.drop_ignored,
+            }
         return out
 
 
@@ -329,6 +340,8 @@ _USER_ERRORS = {
     "BackendError",
     "HeadsError",
     "DecoderError",
+    "ClassifierError",
+    "ObjectError",
 }
 
 
@@ -544,6 +557,7 @@ def _classify(
     predictor: WsiSamPredictor,
     slide: Slide,
     made: list[MadeObject],
+    classifier: Any,
     work: Work,
     notes: _Notes,
 ) -> list[MadeObject]:
@@ -552,8 +566,6 @@ def _classify(
     from engine.objects.classifier import PROBABILITY_MEASUREMENT, is_ignored
     from engine.objects.features import object_features
 
-    assert work.classifier is not None
-    classifier = _classifier(work.classifier, work.classifier_sha256)
     classifier.check_encoder(predictor.model.sam.checkpoint_info.sha256)
     if not made:
         return made
@@ -597,6 +609,9 @@ def run_job(job: SlideJob) -> SlideOutcome:
         with open_slide(job.slide) as slide:
             specs = job.io.load_prompts(job)
             outcome.objects_in = len(specs)
+            classifier = None
+            if job.work.classifier is not None:  # a changed file fails before the work
+                classifier = _classifier(job.work.classifier, job.work.classifier_sha256)
             predictor = cached_predictor(job.settings)
             mode = job.settings.mode
             if job.work.kind == "prompts":
@@ -607,6 +622,8 @@ def run_job(job: SlideJob) -> SlideOutcome:
                 made = _run_everything(predictor, slide, specs, mode, job.work, notes)
             else:
                 raise ValueError(f"unknown work {job.work.kind!r}")
+            if classifier is not None:
+                made = _classify(predictor, slide, made, classifier, job.work, notes)
         outcome.output_sha256, outcome.ids = job.io.write_output(job, made)
         outcome.objects_out = len(made)
         outcome.status = "done"
