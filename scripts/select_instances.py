@@ -140,6 +140,8 @@ def command_cv(args: argparse.Namespace) -> None:
         items, cache = load_items(args.dataset, config.decoder.out_size)
         folds = folds_of(items)
         for fold, held_out in enumerate(folds):
+            if args.fold is not None and fold != args.fold:
+                continue
             out = maps_dir(args.dataset, candidate, fold)
             done_marker = out / "done.json"
             if done_marker.is_file():
@@ -441,6 +443,7 @@ def main() -> None:
     cv = sub.add_parser("cv")
     cv.add_argument("--dataset", choices=DATASETS, required=True)
     cv.add_argument("--candidates", default="neck,stages,stages-lr")
+    cv.add_argument("--fold", type=int, default=None, help="only this fold")
     cv.set_defaults(func=command_cv)
     score = sub.add_parser("score")
     score.add_argument("--dataset", choices=DATASETS, required=True)

@@ -18,7 +18,8 @@ name           shape                    what
 ``rgb``        (B, 3, out, out)         the normalised HR image at the output size
 =============  =======================  ===============================================
 
-The path: the 64x64 maps are concatenated, projected (1x1) and refined (3x3) at 64x64, then
+The path: the 64x64 maps are concatenated, projected (1x1) and refined (3x3, then dilated
+residual 3x3 blocks that see whole glands) at 64x64, then
 each 2x transposed-conv step doubles the resolution and adds the finer map of that scale when it
 is used (stage1 at 128, stage0 at 256, the image at the output size), up to ``out_size``
 (256 or 512). The module imports no runtime and no catalogue: loading is
@@ -65,11 +66,15 @@ class DecoderConfig:
         inputs: which maps it reads (see the module doc); at least one of embedding, early, lr.
         widths: channels at 64, 128, 256 and 512 px.
         out_size: side of the output maps per 1024-px field (256 or 512).
+        context: dilations of the residual 3x3 blocks at 64x64 after the first one: they widen
+            the receptive field to whole glands (dilations 2, 4, 8: about 30 cells, 480 px of
+            the field), which the distance-to-centre map needs.
     """
 
     inputs: tuple[str, ...] = ("embedding", "early", "stage1", "stage0")
     widths: tuple[int, int, int, int] = (96, 64, 32, 16)
     out_size: int = 256
+    context: tuple[int, ...] = (2, 4, 8)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.inputs if name not in CHANNELS]
@@ -81,9 +86,16 @@ class DecoderConfig:
             raise ValueError(f"out_size must be 256 or 512, got {self.out_size}")
         if len(self.widths) != 4 or min(self.widths) < 1:
             raise ValueError(f"widths are four positive channel counts, got {self.widths}")
+        if any(d < 1 or d > 16 for d in self.context):
+            raise ValueError(f"context dilations must be 1-16, got {self.context}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": list(self.inputs), "widths": list(self.widths), "out_size": self.out_size}
+        return {
+            "inputs": list(self.inputs),
+            "widths": list(self.widths),
+            "out_size": self.out_size,
+            "context": list(self.context),
+        }
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> DecoderConfig:
@@ -91,6 +103,7 @@ class DecoderConfig:
             inputs=tuple(str(v) for v in data["inputs"]),
             widths=tuple(int(v) for v in data["widths"]),  # type: ignore[arg-type]
             out_size=int(data["out_size"]),
+            context=tuple(int(v) for v in data.get("context", ())),
         )
 
     @property
@@ -116,6 +129,21 @@ class _ConvBlock(nn.Sequential):
             _norm(out_channels),
             nn.GELU(),
         )
+
+
+class _DilatedResidual(nn.Module):
+    """x + GELU(GroupNorm(3x3 conv with ``dilation``)): (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            channels, channels, 3, padding=dilation, dilation=dilation, bias=False
+        )
+        self.norm = _norm(channels)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.norm(self.conv(x)))
 
 
 class _Projection(nn.Sequential):
@@ -161,6 +189,7 @@ class InstanceDecoder(nn.Module):
         coarse = sum(CHANNELS[n] for n in _COARSE if n in inputs)
         self.project64 = _Projection(coarse, c64)
         self.block64 = _ConvBlock(c64, c64)
+        self.context64 = nn.Sequential(*(_DilatedResidual(c64, d) for d in self.config.context))
         self.up128 = _Up(c64, c128)
         self.skip128 = _Projection(CHANNELS["stage1"], c128) if "stage1" in inputs else None
         self.block128 = _ConvBlock(c128, c128)
@@ -199,6 +228,7 @@ class InstanceDecoder(nn.Module):
             if n in self.config.inputs
         ]
         x = self.block64(self.project64(torch.cat(coarse, 1) if len(coarse) > 1 else coarse[0]))
+        x = self.context64(x)
         x = self.up128(x)
         if self.skip128 is not None:
             x = x + self.skip128(maps["stage1"].to(dtype))
