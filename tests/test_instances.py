@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from shapely.geometry import box as shapely_box
-from synthetic_glands import gland_polygon, write_gland_slide
+from synthetic_glands import gland_image, gland_polygon, write_gland_slide
 
 import engine
 from engine.everything import EverythingObject
@@ -55,6 +55,26 @@ def _fields(paths: list[tuple[Path, np.ndarray]]) -> list[TrainingField]:
     return out
 
 
+def _write_with_glass(path: Path, glands: list, glass: bool) -> np.ndarray:  # type: ignore[type-arg]
+    """A synthetic training image; with ``glass``, its right quarter is bare glass (near white,
+    no objects), as the edge of a section is."""
+    import tifffile
+
+    image, labels = gland_image(512, 512, glands)
+    if glass:
+        noise = np.random.default_rng(1).normal(0, 3, (512, 128, 3))
+        image[:, 384:] = np.clip(244 + noise, 0, 255).astype(np.uint8)
+        labels[:, 384:] = 0
+    tifffile.imwrite(
+        path,
+        image,
+        photometric="rgb",
+        resolution=(1e4 / MPP, 1e4 / MPP),
+        resolutionunit="CENTIMETER",
+    )
+    return labels
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mobile_sam):  # type: ignore[no-untyped-def]
     """A small decoder trained here on four synthetic images (both mirror symmetries)."""
@@ -62,7 +82,7 @@ def trained(tmp_path_factory, mobile_sam):  # type: ignore[no-untyped-def]
     paths = []
     for i, glands in enumerate(TRAIN_GLANDS):
         path = folder / f"train{i}.tif"
-        paths.append((path, write_gland_slide(path, 512, 512, glands, mpp=MPP)))
+        paths.append((path, _write_with_glass(path, glands, glass=i % 2 == 1)))
     fields = _fields(paths)
     cache = InstanceFeatureCache(None, mobile_sam)
     items = prepare_items(fields, cache, SMALL.out_size, variants=(0, 4, 1, 5))
