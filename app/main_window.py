@@ -388,6 +388,9 @@ class MainWindow(QMainWindow):
         self.refiner, self.everything = RefineController(self), EverythingController(self)
         self.mask_provenance = AcceptedMaskProvenance(self)
         self.train_instances = TrainInstancesController(self)  # Tools > Train automatic segm.
+        from app.controllers.objects_by_example import ObjectsByExampleController
+
+        self.objects_by_example = ObjectsByExampleController(self)  # Classify > Objects by ex.
 
         def cleanup_dialog() -> None:
             def applied(settings: Any) -> None:

@@ -69,14 +69,9 @@ class DetectionLayer(QGraphicsItem):
         self._sizes = np.maximum(
             self._bounds[:, 2] - self._bounds[:, 0], self._bounds[:, 3] - self._bounds[:, 1]
         )
-        keys = [color.rgba() for color in colors]
-        palette = list(dict.fromkeys(keys))
-        self._palette = [QColor.fromRgba(key) for key in palette]
-        index = {key: i for i, key in enumerate(palette)}
-        self._color_index = np.array([index[key] for key in keys], dtype=np.int32)
         self._paths: dict[int, QPainterPath] = {}
-        self._all_dots: dict[int, QPolygonF] = {}
-        self._color_counts = np.bincount(self._color_index, minlength=len(self._palette))
+        self.pen_width = 1.5
+        self.set_colors(colors, repaint=False)
         if count:
             x0, y0 = self._bounds[:, 0].min(), self._bounds[:, 1].min()
             x1, y1 = self._bounds[:, 2].max(), self._bounds[:, 3].max()
@@ -90,6 +85,30 @@ class DetectionLayer(QGraphicsItem):
 
     def __len__(self) -> int:
         return len(self._objects)
+
+    def set_colors(self, colors: list[QColor], repaint: bool = True) -> None:
+        """Give the objects (in their order) new colours."""
+        keys = [color.rgba() for color in colors]
+        palette = list(dict.fromkeys(keys))
+        index = {key: i for i, key in enumerate(palette)}
+        self.set_color_index(
+            [QColor.fromRgba(key) for key in palette],
+            np.array([index[key] for key in keys], dtype=np.int32),
+            repaint,
+        )
+
+    def set_color_index(
+        self, palette: list[QColor], color_index: np.ndarray, repaint: bool = True
+    ) -> None:
+        """Recolour: object i takes ``palette[color_index[i]]`` (fast for many objects)."""
+        if len(color_index) != len(self._objects):
+            raise ValueError(f"{len(color_index)} colours for {len(self._objects)} objects")
+        self._palette = list(palette)
+        self._color_index = np.asarray(color_index, dtype=np.int32)
+        self._all_dots: dict[int, QPolygonF] = {}
+        self._color_counts = np.bincount(self._color_index, minlength=len(self._palette))
+        if repaint:
+            self.update()
 
     def boundingRect(self) -> QRectF:  # noqa: N802 (Qt's name)
         return self._rect
@@ -116,14 +135,14 @@ class DetectionLayer(QGraphicsItem):
         small = np.setdiff1d(indices, large, assume_unique=True)
         painter.setBrush(Qt.BrushStyle.NoBrush)
         for color_index, color in enumerate(self._palette):
-            pen = QPen(color, 1.5)
+            pen = QPen(color, self.pen_width)
             pen.setCosmetic(True)
             painter.setPen(pen)
             for i in large[self._color_index[large] == color_index]:
                 painter.drawPath(self._path(int(i)))
             dots = small[self._color_index[small] == color_index]
             if len(dots):
-                pen.setWidthF(3.0)
+                pen.setWidthF(2 * self.pen_width)
                 painter.setPen(pen)
                 painter.drawPoints(self._dots(color_index, dots))
         self.last_paint = {
