@@ -435,6 +435,116 @@ def command_refine(args: argparse.Namespace) -> None:
     print(json.dumps(record, indent=1))
 
 
+SHIPPED_NAMES = {"glas": "glands", "monuseg": "nuclei"}
+
+
+def command_final(args: argparse.Namespace) -> None:
+    """Rule step 5: the chosen candidate trained on all training images, written as the shipped
+    decoder with the post-processing and area limit the cross-validation chose for it."""
+    import datetime
+
+    from engine.instances.checkpoint import InstanceModel, shipped_decoders_dir, write_decoder
+
+    spec = DATASETS[args.dataset]
+    results = json.loads((run_dir(args.dataset) / "cv" / "results.json").read_text())
+    chosen = next(r for r in results if r["candidate"] == args.candidate)
+    refine_record = run_dir(args.dataset) / "cv" / "refine.json"
+    refine = (
+        json.loads(refine_record.read_text()).get("refine_by_default", False)
+        if refine_record.is_file()
+        else False
+    )
+    config = train_config(args.dataset, args.candidate)
+    started = time.perf_counter()
+    items, cache = load_items(args.dataset, config.decoder.out_size)
+    encode_seconds = time.perf_counter() - started
+    state = run_dir(args.dataset) / "final" / f"{args.candidate}.state.pt"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    log_path = state.with_suffix("").with_suffix(".log.jsonl")
+
+    def on_epoch(epoch: int, _decoder: Any, record: dict[str, Any]) -> None:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    outcome = train_decoder(items, cache, config, state_path=state, resume=True, on_epoch=on_epoch)
+    name = SHIPPED_NAMES[args.dataset]
+    images = sorted({i.field.image for i in items})
+    model = InstanceModel(
+        decoder=outcome.decoder,
+        magnification=spec["magnification"],
+        watershed=WatershedSettings.from_dict(chosen["watershed"]),
+        min_area_um2=float(chosen["min_area_um2"]),
+        encoder_sha256=cache.sam.checkpoint_info.sha256,
+        metadata={
+            "name": name,
+            "trained_on": {"glas": "GlaS training split", "monuseg": "MoNuSeg 2018 training set"}[
+                args.dataset
+            ],
+            "data": {"n_sources": len(images), "n_objects": _object_count(args.dataset)},
+            "kind": "glands" if args.dataset == "glas" else "nuclei",
+            "candidate": args.candidate,
+            "train": config.to_dict(),
+            "variants": 8,
+            "epochs": config.epochs,
+            "log": outcome.log,
+            "cross_validation": {"summary": chosen["summary"], "score": chosen["score"]},
+            "refine_by_default": refine,
+            "encoder_precision": cache.sam.backend_label,
+            "trained": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    out = shipped_decoders_dir() / f"{name}.pt"
+    write_decoder(out, model)
+    summary = {
+        "decoder": str(out.relative_to(ROOT)),
+        "encode_and_load_seconds": round(encode_seconds, 1),
+        "train_seconds": round(sum(r["seconds"] for r in outcome.log), 1),
+        "epochs": outcome.log,
+    }
+    (run_dir(args.dataset) / "final" / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+def _object_count(dataset: str) -> int:
+    from app.commands.eval import pair_images_and_masks
+    from engine.train.readers import read_label_image
+
+    folder = DATASETS[dataset]["train"]
+    return sum(
+        int(len(np.unique(read_label_image(mask))) - 1)
+        for _, mask in pair_images_and_masks(folder / "img", folder / "labelcol")
+    )
+
+
+def command_test(args: argparse.Namespace) -> None:
+    """The single evaluation on the test images: the shipped decoder beside the point grid."""
+    from app.cli import main as cli
+
+    spec = DATASETS[args.dataset]
+    folder = spec["test"]
+    out = run_dir(args.dataset) / "test"
+    argv = [
+        "eval-instances",
+        "--images",
+        str(folder / "img"),
+        "--masks",
+        str(folder / "labelcol"),
+        "--image-magnification",
+        str(spec["magnification"]),
+        "--instances",
+        "labels",
+        "--decoder",
+        SHIPPED_NAMES[args.dataset],
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    if not args.no_grid:
+        argv += ["--grid", "--points-per-side", str(args.points_per_side)]
+    status = cli(argv)
+    raise SystemExit(status)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -449,6 +559,15 @@ def main() -> None:
     score.add_argument("--dataset", choices=DATASETS, required=True)
     score.add_argument("--candidates", default=",".join(CANDIDATES))
     score.set_defaults(func=command_score)
+    final = sub.add_parser("final")
+    final.add_argument("--dataset", choices=DATASETS, required=True)
+    final.add_argument("--candidate", required=True)
+    final.set_defaults(func=command_final)
+    test = sub.add_parser("test")
+    test.add_argument("--dataset", choices=DATASETS, required=True)
+    test.add_argument("--no-grid", action="store_true")
+    test.add_argument("--points-per-side", type=int, default=16)
+    test.set_defaults(func=command_test)
     refine = sub.add_parser("refine")
     refine.add_argument("--dataset", choices=DATASETS, required=True)
     refine.add_argument("--candidate", required=True)
