@@ -41,6 +41,7 @@ from engine.instances.train import (  # noqa: E402
     prepare_items,
     train_decoder,
 )
+from engine.instances.tune import SEARCH, drop_small  # noqa: E402
 from engine.instances.watershed import WatershedSettings  # noqa: E402
 
 logger = logging.getLogger("select_instances")
@@ -205,13 +206,7 @@ def labels_in_image(
     factor = 1024 // settings.work_size
     full = np.repeat(np.repeat(labels, factor, 0), factor, 1)
     row, col = window
-    crop = full[row : row + shape[0], col : col + shape[1]]
-    if min_pixels > 0 and crop.any():
-        sizes = np.bincount(crop.ravel())
-        small = sizes < min_pixels
-        small[0] = False
-        crop = np.where(small[crop], 0, crop)
-    return crop
+    return drop_small(full[row : row + shape[0], col : col + shape[1]], min_pixels)
 
 
 def evaluate_settings(
@@ -229,13 +224,6 @@ def evaluate_settings(
     return score_images(scores).as_dict()
 
 
-SEARCH: dict[str, tuple[float, ...]] = {
-    "foreground_threshold": (0.4, 0.5, 0.6),
-    "centre_threshold": (0.3, 0.4, 0.5, 0.6),
-    "boundary_threshold": (0.3, 0.4, 0.5, 0.6),
-    "sigma": (0.5, 1.0, 2.0),
-    "min_seed_pixels": (1.0, 4.0, 8.0),
-}
 
 
 def search_settings(

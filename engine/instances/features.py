@@ -10,8 +10,6 @@ one file per (source content, field, symmetry, encoder): HR maps about 15 MB, th
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from torch.nn import functional as F
 from engine.patches import Field
 from engine.sam.sam import Sam
 from engine.train.data import field_key
-from engine.train.features import encoder_fingerprint, source_stamp
+from engine.train.features import encoder_fingerprint, save_atomically, source_stamp
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -153,16 +151,7 @@ class InstanceFeatureCache:
             self._memory[key] = payload  # type: ignore[assignment]
             return
         payload["format"] = FEATURE_FORMAT
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomically(payload, self._path(key))
 
     def hr(
         self, source: Path, field: Field, variant: int, image: NDArray[np.uint8]

@@ -23,7 +23,15 @@ from engine.instances.watershed import (
     maps_to_probabilities,
 )
 
-__all__ = ["SEARCH", "Case", "TuneResult", "objective", "score_cases", "tune_settings"]
+__all__ = [
+    "SEARCH",
+    "Case",
+    "TuneResult",
+    "drop_small",
+    "objective",
+    "score_cases",
+    "tune_settings",
+]
 
 SEARCH: dict[str, tuple[float, ...]] = {
     "foreground_threshold": (0.4, 0.5, 0.6),
@@ -50,15 +58,20 @@ def objective(summary: Summary, kind: str) -> float:
     return summary.aji
 
 
+def drop_small(labels: NDArray[np.int32], min_pixels: float) -> NDArray[np.int32]:
+    """``labels`` without the objects of fewer than ``min_pixels`` pixels."""
+    if min_pixels <= 0 or not labels.any():
+        return labels
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_pixels
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
 def _predict(case: Case, settings: WatershedSettings, out_size: int, min_pixels: float) -> NDArray:
     probabilities = maps_to_probabilities(case.logits, settings.work_size)
     labels = instances_from_maps(probabilities, settings, out_size, case.valid)
-    if min_pixels > 0 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_pixels
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return labels
+    return drop_small(labels, min_pixels)
 
 
 def score_cases(

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.sam.sam import Sam
 from engine.train.augment import Augmentation
 from engine.train.data import ObjectSample, SlidePool, field_key, load_patches
-from engine.sam.sam import Sam
 from engine.wsi_sam import PatchFeatures, WsiSam
 
 CACHE_FORMAT = "wsi-sam-features/1"
@@ -70,6 +70,20 @@ def _content_stamp(resolved: str, size: int, mtime_ns: int) -> str:
             f.seek(max(CONTENT_SPAN, size - CONTENT_SPAN))
             digest.update(f.read(CONTENT_SPAN))
     return f"{resolved}|{size}|{digest.hexdigest()[:32]}"
+
+
+def save_atomically(payload: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``: a
+    reader (or a killed run) never leaves a half-written cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -140,7 +154,6 @@ class FeatureCache:
             self._memory[key] = (hr, lr)
             return
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": CACHE_FORMAT,
             "hr_embedding": hr.embedding.contiguous(),
@@ -148,14 +161,7 @@ class FeatureCache:
             "lr_embedding": lr.embedding.contiguous(),
             "lr_early": lr.early.contiguous(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomically(payload, path)
 
     def features(
         self, sample: ObjectSample, augmentation: Augmentation, pool: SlidePool
