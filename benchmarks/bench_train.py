@@ -37,7 +37,8 @@ def main() -> None:
 
     from engine.medsam import load_lite_medsam
     from engine.train.loss import wsi_sam_loss
-    from engine.wsi_sam import PatchFeatures, Prompts, load_wsi_sam
+    from engine.build import load_wsi_sam
+    from engine.wsi_sam import PatchFeatures, Prompts
 
     model = load_wsi_sam(heads="none", device=args.device)
     device = model.device

@@ -99,7 +99,7 @@ def main() -> None:
 
     from engine.backends import autocast, cpu_supports_bf16
     from engine.train.loss import wsi_sam_loss
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     base = load_wsi_sam(heads="none", device="cpu", fast_decoders=False)
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "SlideError": "engine.slides",
     "mask_to_geometry": "engine.geometry",
     "WsiSam": "engine.wsi_sam",
-    "load_wsi_sam": "engine.wsi_sam",
+    "load_wsi_sam": "engine.build",
     "WsiSamPredictor": "engine.wsi_predictor",
     "SegmentResult": "engine.wsi_predictor",
     "PromptError": "engine.wsi_predictor",
@@ -88,7 +88,8 @@ if TYPE_CHECKING:
     from engine.slides import Slide, SlideError, open_slide
     from engine.weights import WeightsError, default_checkpoint_path, load_sam
     from engine.wsi_predictor import PromptError, SegmentResult, WsiSamPredictor
-    from engine.wsi_sam import WsiSam, load_wsi_sam
+    from engine.build import load_wsi_sam
+    from engine.wsi_sam import WsiSam
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -224,6 +225,36 @@ def _conv_block_dot(block: nn.Sequential, x: torch.Tensor, vectors: torch.Tensor
     return dots + (vectors @ last.bias)[:, None, None]
 
 
+def conv_block_token_dot(
+    block: nn.Sequential, x: torch.Tensor, vectors: torch.Tensor
+) -> torch.Tensor:
+    """``einsum("bc,bchw->bhw", vectors, block(x))`` for a conv / norm / act / 3x3-conv block,
+    with each item's vector folded into the last convolution (inference, channels-first).
+
+    The last convolution's kernel dotted with the vector is (B, 3, 3, C_mid): one matrix product
+    gives the nine taps of every pixel (B, 9, H, W), and the output is their sum shifted into
+    place. Free of shape-dependent Python branches (it converts with a dynamic batch).
+
+    Args:
+        x: (B or 1, C_in, H, W); vectors: (B, C_out) -> (B, H, W).
+    """
+    last = block[3]
+    assert isinstance(last, nn.Conv2d) and last.bias is not None and len(block) == 4
+    assert last.kernel_size == (3, 3) and last.padding == (1, 1) and last.stride == (1, 1)
+    hidden = block[2](block[1](block[0](x)))  # (B, C_mid, H, W)
+    batch = vectors.shape[0]
+    hidden = hidden.expand(batch, -1, -1, -1)
+    height, width = hidden.shape[-2], hidden.shape[-1]
+    kernels = torch.einsum("omkl,bo->bklm", last.weight, vectors).reshape(batch, 9, -1)
+    taps = torch.matmul(kernels, hidden.flatten(2)).reshape(batch, 9, height, width)
+    taps = F.pad(taps, (1, 1, 1, 1))
+    out = taps[:, 0, 0:height, 0:width]
+    for k in range(1, 9):
+        row, col = divmod(k, 3)
+        out = out + taps[:, k, row : row + height, col : col + width]
+    return out + (vectors @ last.bias)[:, None, None]
+
+
 class WsiSamHead(nn.Module):
     """The learnable part of one resolution's mask decoder: token, token MLP and fusion module.
 
@@ -350,9 +381,12 @@ class WsiSam(nn.Module):
         self.metadata: dict[str, Any] = dict(metadata or {})
         #: bumped whenever the heads' weights are replaced, so caches of head outputs can tell
         self.heads_version = 0
-        #: converted decoders (engine.backends.openvino_decoder.OpenVinoDecoders), or None for
-        #: torch; used at inference only, and only while they match ``heads_version``
+        #: converted decoders (e.g. engine.backends.openvino_decoder.OpenVinoDecoders), or None
+        #: for torch; used at inference only, and only while they match ``heads_version``
         self.decoder_backend: Any = None
+        #: makes ``decoder_backend`` for this model's current heads, or None (torch only): set by
+        #: the loader that chose the runtime (:mod:`engine.build`)
+        self.decoder_factory: Callable[[WsiSam], Any] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -369,19 +403,16 @@ class WsiSam(nn.Module):
         return self
 
     def enable_fast_decoders(self) -> None:
-        """Decode prompts on OpenVINO too (in the encoder's precision), for the current heads.
+        """Decode prompts on a faster runtime too, for the current heads, where there is one.
 
-        Only when the encoder runs on OpenVINO; converts on first use (cached on disk). Call
-        again after loading other heads. Raises engine.backends.BackendError when the
-        conversion or compilation fails.
+        The runtime's decoders come from ``decoder_factory``, which the loader
+        (:func:`engine.build.load_wsi_sam`) sets from the encoder backend it chose (this module
+        imports no runtime); without one the decoders stay in torch. Call again after loading
+        other heads. Raises engine.backends.BackendError when the conversion or compilation
+        fails.
         """
-        backend = self.sam.encoder_backend
-        if backend is None or getattr(backend, "name", "") != "openvino":
-            self.decoder_backend = None
-            return
-        from engine.backends.openvino_decoder import OpenVinoDecoders
-
-        self.decoder_backend = OpenVinoDecoders(self, backend.precision)
+        factory = self.decoder_factory
+        self.decoder_backend = None if factory is None else factory(self)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of the two heads; SAM itself is frozen."""
@@ -618,9 +649,12 @@ class WsiSam(nn.Module):
         hr_token = self.hr_head.token_mlp(head_tokens[:batch])
         lr_token = self.lr_head.token_mlp(head_tokens[batch:])
         upscaled = decoder.upscale(image_features[:batch])
-        fused = self.hr_head.embedding_maskfeature(upscaled) + hr_static
         token = self.merge_tokens(hr_token, lr_token)
-        return self._apply_token(token, fused, sam_masks), sam_iou
+        # token · (embedding_maskfeature(upscaled) + hr_static), with the token folded into the
+        # last 3x3 convolution (one output channel instead of 32: a sixth of the work)
+        dot = conv_block_token_dot(self.hr_head.embedding_maskfeature, upscaled, token)
+        dot = dot + torch.einsum("bc,bchw->bhw", token, hr_static.expand(batch, -1, -1, -1))
+        return dot[:, None] + sam_masks, sam_iou
 
     @torch.no_grad()
     def sam_forward(
@@ -736,62 +770,6 @@ def read_heads_checkpoint(path: str | Path) -> dict[str, Any]:
             "that wrote them diverged; train again (e.g. with a lower --lr) or use other heads"
         )
     return cast(dict[str, Any], payload)
-
-
-def load_wsi_sam(
-    heads: str | Path | None = None,
-    device: str | torch.device = "auto",
-    checkpoint: str | Path | None = None,
-    aggregation: Aggregation | None = None,
-    backend: str = "auto",
-    precision: str = "auto",
-    fast_decoders: bool = True,
-    project: str | Path | None = None,
-) -> WsiSam:
-    """Build WSI-SAM on the MobileSAM weights and load its heads.
-
-    Args:
-        heads: a heads checkpoint, or the name of one in the heads catalogue
-            (:mod:`engine.heads_catalogue`); None loads the shipped default heads when they are
-            installed (fresh heads, which reproduce SAM, otherwise); ``"none"`` forces fresh
-            heads.
-        device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
-        checkpoint: a MobileSAM checkpoint instead of the packaged ``mobile_sam.pt``.
-        aggregation: override the heads' token aggregation (``"mean"`` or ``"sum"``).
-        backend, precision: the image encoder's runtime and precision, as for
-            :func:`engine.weights.load_sam`.
-        fast_decoders: with the OpenVINO encoder, also decode prompts on OpenVINO
-            (:meth:`WsiSam.enable_fast_decoders`); False keeps the decoders in torch (training
-            does, as it changes the heads).
-        project: a QuPath project whose ``wsi-sam/heads/`` folder a heads name may refer to.
-    """
-    from engine.weights import load_sam
-
-    sam = load_sam(checkpoint=checkpoint, device=device, backend=backend, precision=precision)
-    # Fresh heads start from the same weights at every load (whatever the caller's random state),
-    # so that their converted decoders are found in the cache instead of converted again.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = WsiSam(sam, aggregation=aggregation or "mean")
-    if heads is None:
-        default = default_heads_path()
-        if default.is_file():
-            model.load_heads(default, aggregation=aggregation)
-        else:
-            logger.warning("no default WSI-SAM heads at %s: using fresh heads (= SAM)", default)
-            model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
-    elif str(heads).lower() != "none":
-        from engine.heads_catalogue import resolve_heads
-
-        # a catalogue name ("wsi-sam heads list") as well as a path
-        model.load_heads(resolve_heads(heads, project=project) or heads, aggregation=aggregation)
-    else:
-        model.metadata = {"trained_on": None, "note": "fresh heads, equal to SAM"}
-    model.eval()
-    model = model.to(sam.device)
-    if fast_decoders:
-        model.enable_fast_decoders()
-    return model
 
 
 def postprocess_logits(logits: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:

@@ -26,7 +26,7 @@ def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
     decoders of the shipped heads; return the encoder's IR."""
     from engine.backends.openvino_backend import IR_NAME, convert_encoder, model_key
     from engine.backends.openvino_decoder import convert_decoders, decoders_key
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     model = load_wsi_sam(
         checkpoint=checkpoint, device="cpu", backend="torch", precision="f32", fast_decoders=False

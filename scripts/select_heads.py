@@ -46,7 +46,8 @@ from engine.train.features import FeatureCache
 from engine.train.holdout import evaluate_cached
 from engine.train.readers import read_label_map
 from engine.train.trainer import TrainConfig, load_train_state, prepare_items, train_heads
-from engine.wsi_sam import WsiSam, load_wsi_sam
+from engine.build import load_wsi_sam
+from engine.wsi_sam import WsiSam
 
 PROMPTS = ("box", "3", "5", "10")
 

@@ -271,7 +271,7 @@ def test_converted_decoders_never_answer_for_other_heads(ov_wsi_sam) -> None:  #
 
 def test_fresh_heads_load_the_same_every_time_so_converted_decoders_are_reused() -> None:
     from engine.backends.openvino_decoder import heads_digest
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     torch.manual_seed(123)
     first = load_wsi_sam(heads="none", device="cpu", backend="torch")

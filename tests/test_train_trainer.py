@@ -343,7 +343,7 @@ def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> N
 
     from engine.train.loss import wsi_sam_loss
     from engine.train.prompts import area_downsample, noisy_box
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     disk = _synthetic_samples(tmp_path, 1)[0]
     # the left half of a purple disk: SAM's box answer tends to take the whole disk, so the
@@ -382,7 +382,7 @@ def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> N
 
 def test_evaluation_on_cached_features_matches_encoding(tmp_path: Path) -> None:
     from engine.evaluate import evaluate
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     samples = _synthetic_samples(tmp_path, 2)
     model = load_wsi_sam(heads="none", device="cpu")

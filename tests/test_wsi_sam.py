@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine.build import load_wsi_sam
 from engine.wsi_sam import (
     HeadsError,
     PatchFeatures,
     Prompts,
     WsiSam,
-    load_wsi_sam,
     read_heads_checkpoint,
 )
 
@@ -244,3 +244,25 @@ def test_load_wsi_sam_with_fresh_heads() -> None:
     model = load_wsi_sam(heads="none", device="cpu")
     assert model.aggregation == "mean"
     assert model.metadata["trained_on"] is None
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_token_folded_into_the_last_conv_equals_the_dot_with_the_block(batch: int) -> None:
+    from engine.wsi_sam import WsiSamHead, conv_block_token_dot
+
+    torch.manual_seed(3)
+    head = WsiSamHead()
+    for p in head.parameters():
+        p.data.normal_(0, 0.1)
+    x = torch.randn(1, 32, 40, 36)
+    vectors = torch.randn(batch, 32)
+    with torch.no_grad():
+        want = torch.einsum(
+            "bc,bchw->bhw", vectors, head.embedding_maskfeature(x).expand(batch, -1, -1, -1)
+        )
+        got = conv_block_token_dot(head.embedding_maskfeature, x, vectors)
+    assert got.shape == (batch, 40, 36)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a zero vector (fresh heads) adds exactly nothing
+    zero = conv_block_token_dot(head.embedding_maskfeature, x, torch.zeros(1, 32))
+    assert torch.count_nonzero(zero) == 0

@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     wsi = medsam = None
     try:
         if "sam" in models or "wsi-sam" in models:
-            from engine.wsi_sam import load_wsi_sam
+            from engine.build import load_wsi_sam
 
             wsi = load_wsi_sam(heads=args.heads, checkpoint=args.checkpoint, **engine_kwargs(args))
             print(f"image encoder: {wsi.sam.backend_label}")

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.train.features import FeatureCache
     from engine.train.holdout import model_card, score_heldout, split_holdout
     from engine.train.trainer import TrainConfig, train_heads
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     with contextlib.suppress(ValueError):  # not the main thread (tests calling run())
         signal.signal(signal.SIGTERM, _terminate_cleanly)

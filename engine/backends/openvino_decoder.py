@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,12 +40,13 @@ from engine.backends.openvino_backend import (
 )
 
 if TYPE_CHECKING:
+    from engine.backends.openvino_field_decoder import OpenVinoFieldDecoders
     from engine.wsi_sam import WsiSam
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the converted decoder graphs change.
-DECODER_GRAPH_VERSION = 1
+DECODER_GRAPH_VERSION = 2  # 2: the merged token folded into the fusion's last conv
 _GRAPHS = ("decode_hr", "decode_sam")
 
 
@@ -197,6 +199,20 @@ class OpenVinoDecoders:
                 f"OpenVINO could not compile the decoders in {folder}: {reason}"
             ) from exc
         self._local = threading.local()
+        # segment-everything's field graphs for the same heads, made on first use
+        self._model = weakref.ref(model)
+        self._field: OpenVinoFieldDecoders | None = None
+
+    def field_decoders(self) -> OpenVinoFieldDecoders:
+        """The field graphs (:mod:`engine.field_decoder`) for the same heads and precision."""
+        if self._field is None:
+            from engine.backends.openvino_field_decoder import OpenVinoFieldDecoders
+
+            model = self._model()
+            if model is None:
+                raise BackendError("the model these decoders were made for is gone")
+            self._field = OpenVinoFieldDecoders(model, self.precision)
+        return self._field
 
     def __deepcopy__(self, memo: dict[int, object]) -> None:
         # A copy of the model may get other heads (training): it decodes in torch.
@@ -209,7 +225,8 @@ class OpenVinoDecoders:
             request = requests[name] = self._compiled[name].create_infer_request()
         device = inputs[0].device
         arrays = [np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for t in inputs]
-        result = request.infer(arrays)
+        # the inputs are read in place (no copy into OpenVINO's buffers); the outputs are copied
+        result = request.infer(arrays, share_inputs=True)
         return tuple(
             torch.from_numpy(np.array(result[out])).to(device)
             for out in self._compiled[name].outputs

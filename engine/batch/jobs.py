@@ -268,7 +268,7 @@ def _resolve_device(device: str, worker_index: int | None) -> str:
 def _load_model(settings: EngineSettings, device: str, threads: int) -> WsiSam:
     import torch
 
-    from engine.wsi_sam import load_wsi_sam
+    from engine.build import load_wsi_sam
 
     torch.set_num_threads(threads)
     model = load_wsi_sam(
