@@ -22,9 +22,10 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry import box as shapely_box
 
 from engine.geometry import mask_to_geometry
+from engine.mask_window import MaskWindow, upsample_window
 from engine.patches import PATCH_SIZE, Field, choose_field
 from engine.slides import Slide
-from engine.wsi_sam import PatchFeatures, Prompts, WsiSam, postprocess_logits
+from engine.wsi_sam import PatchFeatures, Prompts, WsiSam
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +259,31 @@ class WsiSamPredictor:
             ),
         )
 
+    def neighbour_field(
+        self, slide: Slide, chosen: Field, direction: tuple[float, float], step: int = 1
+    ) -> Field | None:
+        """The field ``step`` fields away from ``chosen`` in ``direction`` (a level-0 vector),
+        at the same magnification: where a pan in that direction brings the next prompts.
+
+        Neighbours overlap by the reuse margin, so a prompt anywhere between their centres
+        lies inside one of them. None when that field's HR patch would miss the slide.
+        """
+        dx, dy = (float(v) for v in direction)
+        length = float(np.hypot(dx, dy))
+        if not np.isfinite(length) or length <= 0:
+            return None
+        distance = step * (PATCH_SIZE - 2 * REUSE_MARGIN) * chosen.hr_downsample
+        x = chosen.centre[0] + dx / length * distance
+        y = chosen.centre[1] + dy / length * distance
+        width, height = slide.dimensions
+        half = PATCH_SIZE / 2 * chosen.hr_downsample
+        if x + half <= 0 or y + half <= 0 or x - half >= width or y - half >= height:
+            return None
+        grid = 2 * chosen.hr_downsample
+        if grid >= 1 and abs(grid - round(grid)) < 1e-9:  # on the LR pixel grid, as make_field
+            x, y = round(x / grid) * grid, round(y / grid) * grid
+        return Field((x, y), chosen.hr_downsample, chosen.hr_magnification)
+
     def preencode(self, slide: Slide, chosen: Field, part: Literal["hr", "lr"]) -> bool:
         """Encode one patch of a field into the cache ahead of a prompt; True if it ran.
 
@@ -369,24 +395,33 @@ class WsiSamPredictor:
         t0 = time.perf_counter()
         prompts = self._patch_prompts(chosen, prompt)
         logits, iou = self._decode(entry, prompts, mode, multimask)
-        masks = (postprocess_logits(logits)[0] > 0).cpu().numpy()  # (C, 1024, 1024)
         scores = iou[0].float().cpu().numpy()
         timings["decode"] = time.perf_counter() - t0
 
+        # Each candidate's polygon is traced on its 256x256 logits upsampled only around the
+        # object: equal to thresholding the whole 1024x1024 upsampling (engine.mask_window).
         t0 = time.perf_counter()
-        inside = self._inside_slide(slide, chosen)
         order = np.argsort(-scores)
         candidates = []
+        best_mask: MaskWindow | None = None
         for index in order:
-            mask = masks[index] & inside
-            candidates.append(Candidate(self._to_geometry(mask, chosen), float(scores[index])))
-        best = int(order[0])
+            window = self._inside_slide_window(
+                slide, chosen, upsample_window(logits[0, int(index)], PATCH_SIZE)
+            )
+            best_mask = best_mask or window
+            candidates.append(
+                Candidate(self._window_geometry(window, chosen), float(scores[index]))
+            )
         timings["polygon"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         return SegmentResult(
             geometry=candidates[0].geometry,
             score=candidates[0].score,
-            mask=masks[best] & inside,
+            mask=(
+                best_mask.full()
+                if best_mask is not None
+                else np.zeros((PATCH_SIZE, PATCH_SIZE), dtype=bool)
+            ),
             field=chosen,
             mode=mode,
             candidates=candidates if multimask else [],
@@ -426,6 +461,45 @@ class WsiSamPredictor:
         entry, encoded = self._features(slide, chosen, need_lr=(mode == "wsi-sam"), timings=timings)
         logits, iou = self._decode(entry, prompts.to(self.model.device), mode, multimask)
         return logits.cpu(), iou.cpu(), encoded
+
+    @torch.inference_mode()
+    def decode_points(
+        self,
+        slide: Slide,
+        chosen: Field,
+        points: np.ndarray | torch.Tensor,
+        mode: Mode | str = "wsi-sam",
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """SAM's three candidates for each of B single positive points on one field.
+
+        What :meth:`decode_field` gives for the same prompts with ``multimask=True``, computed
+        by :class:`~engine.field_decoder.FieldDecoder` (the field's shared work done once per
+        batch; on the decoder runtime's converted field graphs when it has them): the decoder of
+        segment-everything's point grid.
+
+        Args:
+            slide: an open slide.
+            chosen: the field.
+            points: (B, 2) x, y in HR-patch pixels.
+            mode: "wsi-sam" or "sam".
+        Returns:
+            low-res mask logits (B, 3, 256, 256) float32 on the CPU, predicted IoU (B, 3), and
+            whether the field had to be encoded.
+        """
+        from engine.field_decoder import decode_points
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        entry, encoded = self._features(slide, chosen, need_lr=(mode == "wsi-sam"), timings={})
+        assert entry.hr is not None
+        device = self.model.device
+        coords = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 1, 2)
+        prompts = Prompts(points=coords, labels=torch.ones(len(coords), 1, dtype=torch.int64))
+        hr = entry.hr.to(device)
+        lr = entry.lr.to(device) if mode == "wsi-sam" and entry.lr is not None else None
+        static = self._hr_static(entry, hr) if lr is not None else None
+        logits, iou = decode_points(self.model, hr, lr, static, prompts.to(device))
+        return logits.float().cpu(), iou.float().cpu(), encoded
 
     def _decode(
         self, entry: _CachedField, prompts: Prompts, mode: str, multimask: bool
@@ -479,12 +553,46 @@ class WsiSamPredictor:
 
     @staticmethod
     def _to_geometry(mask: np.ndarray, chosen: Field) -> Polygon | MultiPolygon | None:
+        """The polygon of a whole-patch HR mask in level-0 pixels (as _window_geometry)."""
+        return WsiSamPredictor._window_geometry(
+            MaskWindow(mask, 0, 0, PATCH_SIZE) if mask.any() else None, chosen
+        )
+
+    @staticmethod
+    def _inside_slide_window(
+        slide: Slide, chosen: Field, window: MaskWindow | None
+    ) -> MaskWindow | None:
+        """``window`` without its HR pixels whose centre lies off the slide (padding); None
+        when nothing is left."""
+        if window is None:
+            return None
+        width, height = slide.dimensions
+        h, w = window.mask.shape
+        ds = chosen.hr_downsample
+        ys = chosen.hr_origin[1] + (np.arange(window.row, window.row + h) + 0.5) * ds
+        xs = chosen.hr_origin[0] + (np.arange(window.col, window.col + w) + 0.5) * ds
+        rows_in, cols_in = (ys >= 0) & (ys < height), (xs >= 0) & (xs < width)
+        if rows_in.all() and cols_in.all():
+            return window if window.mask.any() else None
+        mask = window.mask & rows_in[:, None] & cols_in[None, :]
+        if not mask.any():
+            return None
+        return MaskWindow(mask, window.row, window.col, window.size)
+
+    @staticmethod
+    def _window_geometry(window: MaskWindow | None, chosen: Field) -> Polygon | MultiPolygon | None:
+        """The polygon of a mask window in level-0 pixels (holes kept, simplified to about an
+        HR pixel, specks under 4 HR pixels dropped)."""
+        if window is None:
+            return None
+        ds = chosen.hr_downsample
+        x0, y0 = chosen.hr_origin
         geometry = mask_to_geometry(
-            mask,
-            scale=chosen.hr_downsample,
-            offset=chosen.hr_origin,
+            window.mask,
+            scale=ds,
+            offset=(x0 + window.col * ds, y0 + window.row * ds),
             simplify_tolerance=1.0,
-            min_area=4 * chosen.hr_downsample**2,
+            min_area=4 * ds**2,
         )
         return geometry
 
