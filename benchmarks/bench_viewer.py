@@ -2,8 +2,11 @@
 
 Writes a tiled JPEG pyramid (OpenSlide "generic-tiff": reduced levels as subfiletype=1 pages,
 photometric RGB) of ``--size`` x ``--size`` pixels, opens it with ``engine.open_slide``, shows a
-SlideView of ``--view`` pixels offscreen and pans across the slide at ``--step`` screen pixels per
-frame, repainting synchronously each frame. Prints:
+SlideView of ``--view`` pixels offscreen and pans across the slide, repainting synchronously each
+frame, twice per downsample: a realistic pan (``--pan-speed``, default 1,200 screen px/s, paced at
+``--hz`` 60 frames a second, events processed between frames as a real event loop would; over a
+part of the slide not read before, so from a cold cache too) and the fast pan (``--step`` screen
+pixels per frame, unpaced: as fast as the loop runs). Prints:
 
 - frames per second of the whole loop (pan + event processing + synchronous repaint) and the
   p50/p95 repaint time,
@@ -117,13 +120,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def pan_run(app, view, path_points: list[tuple[int, int]]) -> dict:
-    """Pan by each (dx, dy) step, repainting synchronously; returns the frame figures."""
+def pan_run(app, view, path_points: list[tuple[int, int]], hz: float | None = None) -> dict:
+    """Pan by each (dx, dy) step, repainting synchronously; returns the frame figures.
+
+    ``hz``: pace the frames at this rate (events are processed while waiting for the next
+    frame, as a real event loop would); None pans as fast as the loop runs.
+    """
     view.clear_tile_latencies()
     paint_times: list[float] = []
     completeness: list[float] = []
     started = time.perf_counter()
-    for dx, dy in path_points:
+    for frame, (dx, dy) in enumerate(path_points):
+        if hz is not None:
+            due = started + frame / hz
+            while time.perf_counter() < due:
+                app.processEvents()
+                time.sleep(0.001)
         view.pan_by(dx, dy)
         app.processEvents()  # tile arrivals, request updates
         visible = view.visible_tiles()
@@ -155,6 +167,22 @@ def pan_run(app, view, path_points: list[tuple[int, int]]) -> dict:
     }
 
 
+def _paced_steps(per_frame: float, frames: int) -> list[tuple[int, int]]:
+    """Whole-pixel steps that add up to ``per_frame`` (x) and a quarter of it (y) per frame."""
+    steps = []
+    for frame in range(frames):
+        x = round(per_frame * (frame + 1)) - round(per_frame * frame)
+        y = round(per_frame / 4 * (frame + 1)) - round(per_frame / 4 * frame)
+        steps.append((x, y))
+    return steps
+
+
+def wait_loaded(app, view) -> None:
+    while view.missing_visible_tiles() or view.pending_tiles():
+        app.processEvents()
+        time.sleep(0.002)
+
+
 def report(name: str, figures: dict) -> None:
     print(
         f"{name:<22} {figures['frames']:>5} frames  {figures['fps']:6.1f} fps  "
@@ -170,8 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=100_000, help="slide side in pixels")
     parser.add_argument("--view", default="1600x1000", help="viewport WxH")
-    parser.add_argument("--step", type=int, default=40, help="screen px panned per frame")
+    parser.add_argument(
+        "--step", type=int, default=40, help="screen px per frame of the fast (unpaced) pan"
+    )
     parser.add_argument("--frames", type=int, default=400, help="frames per pan run")
+    parser.add_argument(
+        "--pan-speed",
+        type=float,
+        default=1200.0,
+        help="screen px per second of the realistic pan, paced at --hz (0: leave it out)",
+    )
+    parser.add_argument("--hz", type=float, default=60.0, help="frame rate of the realistic pan")
     parser.add_argument("--downsample", type=float, nargs="+", default=[1.0, 2.5])
     parser.add_argument("--tile", type=int, default=256, help="viewer tile size")
     parser.add_argument("--slide", type=Path, help="use this slide instead of writing one")
@@ -201,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.slide
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, view {view_w}x{view_h}, "
-        f"viewer tiles {args.tile} px, pan {args.step} px/frame"
+        f"viewer tiles {args.tile} px, fast pan {args.step} px/frame unpaced, realistic pan "
+        f"{args.pan_speed:g} px/s at {args.hz:g} Hz, load average {os.getloadavg()[0]:.1f}"
     )
 
     try:
@@ -225,8 +263,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"\ndownsample {ds:g} (drawn from level downsample {level.downsample:g}, "
                     f"{len(view.visible_tiles())} tiles on screen); slide {slide!r}"
                 )
-                view.tile_cache().clear()
                 forward = [(args.step, args.step // 4)] * args.frames
+                if args.pan_speed > 0:
+                    # the realistic pan first, over a fresh part of the slide: cold as well
+                    per_frame = args.pan_speed / args.hz
+                    steps = _paced_steps(per_frame, args.frames)
+                    view.centre_on_level0(width * 0.2, height * 0.75)
+                    wait_loaded(app, view)
+                    view.tile_cache().clear()
+                    paced = pan_run(app, view, steps, hz=args.hz)
+                    report(f"pan {args.pan_speed:g} px/s, cold", paced)
+                    view.centre_on_level0(start_x, height * 0.5)
+                    wait_loaded(app, view)
+                view.tile_cache().clear()
                 cold = pan_run(app, view, forward)
                 report("pan, cold cache", cold)
                 # Warm: load the whole path first (stopping at each screen), then pan it again.

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from engine.rwlock import ReadWriteLock
+
 __all__ = [
     "MIN_DOWNSAMPLE",
     "Slide",
@@ -131,9 +133,12 @@ class Slide:
         self._cache = _TileCache(cache_bytes)
         self._associated: Mapping[str, RGBImage] | None = None
         self._closed = False
-        # Reads and close() are serialised: closing an OpenSlide handle while another thread
-        # reads from it aborts the process, and plain-image backends are not thread-safe.
-        self._io_lock = threading.RLock()
+        # close() waits for the reads in progress: closing an OpenSlide handle while another
+        # thread reads from it aborts the process. Reads share the lock where the back-end
+        # allows concurrent reads (OpenSlide is thread-safe, arrays are read-only), so the
+        # viewer's tile workers and the engine decode in parallel; others are serialised.
+        self._io_lock = ReadWriteLock()
+        self.concurrent_reads = bool(getattr(backend, "concurrent_reads", False))
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -294,8 +299,9 @@ class Slide:
     def _read_backend(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> RGBImage:
+        lock = self._io_lock.shared() if self.concurrent_reads else self._io_lock.exclusive()
         try:
-            with self._io_lock:
+            with lock:
                 self._check_open()
                 region = self._backend.read(location, level, size)
         except SlideError:
@@ -449,6 +455,9 @@ def _detect_openslide_vendor(path: Path) -> str | None:
 class _OpenSlideBackend:
     """Files OpenSlide reads (the library's own tile cache sits underneath)."""
 
+    #: OpenSlide handles are thread-safe: reads may run in parallel (not with close)
+    concurrent_reads = True
+
     def __init__(self, path: Path) -> None:
         import openslide
 
@@ -492,6 +501,9 @@ class _OpenSlideBackend:
 
 class _ArrayBackend:
     """Plain images held as arrays (decoded in memory, or memory-mapped when uncompressed)."""
+
+    #: reads only slice read-only arrays: they may run in parallel (not with close)
+    concurrent_reads = True
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ from app.viewer.levels import (
     choose_level,
 )
 from app.viewer.overview import OverviewWidget
+from app.viewer.prefetch import PanTracker, request_plan, tiles_by_distance
 from app.viewer.scale_bar import ScaleBar
 from app.viewer.tile_cache import DEFAULT_CACHE_BYTES, TileCache
 from app.viewer.tile_loader import OVERVIEW_KEY, LoadedTile, TileLoader
@@ -97,6 +98,7 @@ class SlideView(QGraphicsView):
         self._latencies: deque[float] = deque(maxlen=100_000)
         self._arrived = 0
         self._dirty: list[QRectF] = []  # level-0 rects to repaint once the arrivals are in
+        self._pan = PanTracker()  # the pan velocity, for loading ahead of it
 
         self.setScene(QGraphicsScene(self))
         self.scene().setSceneRect(QRectF(0, 0, 1, 1))
@@ -142,6 +144,7 @@ class SlideView(QGraphicsView):
         self._grids = [TileGrid(level, self._tile_size) for level in levels]
         self._cache.clear()
         self._failed.clear()
+        self._pan.reset()
         self._overview_image = None
         self._dirty = []
         self._arrived = 0
@@ -589,18 +592,23 @@ class SlideView(QGraphicsView):
         self.viewChanged.emit()
 
     def _tiles_by_distance(self, level: int, area: QRectF, centre: QPointF) -> list[TileKey]:
-        grid = self._grids[level]
-        span = grid.size * grid.level.downsample
-        keys = [
-            TileKey(level, col, row)
-            for col, row in grid.tiles_in(area.left(), area.top(), area.right(), area.bottom())
-        ]
-        cx, cy = centre.x() / span - 0.5, centre.y() / span - 0.5
-        keys.sort(key=lambda k: (k.col - cx) ** 2 + (k.row - cy) ** 2)
-        return keys
+        rect = (area.left(), area.top(), area.right(), area.bottom())
+        return tiles_by_distance(self._grids[level], level, rect, (centre.x(), centre.y()))
+
+    def pan_velocity(self) -> tuple[float, float]:
+        """The pan velocity the tile requests assume (level-0 pixels per second)."""
+        return self._pan.velocity
+
+    def requested_tiles(self) -> list[TileKey]:
+        """The tiles queued for loading now, best first (for tests and benchmarks)."""
+        return self._loader.queued_keys()
 
     def _update_requests(self) -> None:
-        """Ask the loader for what the view needs now, best first; everything else is dropped."""
+        """Ask the loader for what the view needs now, best first; everything else is dropped.
+
+        After the visible tiles come the tiles ahead of the pan and the coarser and finer
+        levels around the current one (:func:`app.viewer.prefetch.request_plan`).
+        """
         if self._slide is None:
             self._loader.request([])
             return
@@ -609,22 +617,13 @@ class SlideView(QGraphicsView):
             wanted.append(OVERVIEW_KEY)
         visible = self.visible_rect_level0()
         centre = visible.center()
-        level = self.current_level()
-        span = self._tile_size * self._levels[level].downsample
+        velocity = self._pan.update(centre.x(), centre.y(), self._downsample, time.perf_counter())
+        rect = (visible.left(), visible.top(), visible.right(), visible.bottom())
         seen: set[TileKey] = set()
-
-        def add(keys: list[TileKey]) -> None:
-            for key in keys:
-                if key not in seen and key not in self._cache and key not in self._failed:
-                    seen.add(key)
-                    wanted.append(key)
-
-        add(self._tiles_by_distance(level, visible, centre))
-        # Then a ring one tile wide around the view (the next pan) and the next coarser level
-        # (the next zoom out), both only after everything visible.
-        add(self._tiles_by_distance(level, visible.adjusted(-span, -span, span, span), centre))
-        if level + 1 < len(self._levels):
-            add(self._tiles_by_distance(level + 1, visible, centre))
+        for key in request_plan(self._grids, self.current_level(), rect, velocity):
+            if key not in seen and key not in self._cache and key not in self._failed:
+                seen.add(key)
+                wanted.append(key)
         self._loader.request(wanted)
 
     def _on_tile_ready(self, loaded: LoadedTile) -> None:

@@ -10,6 +10,7 @@ outside the lock so that two workers still overlap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from app.viewer.levels import DisplayLevel, SlideLike, TileKey, read_tile
+from engine.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +34,31 @@ OVERVIEW_KEY = TileKey(-1, 0, 0)
 OVERVIEW_MAX_SIDE = 1024
 
 _locks_guard = threading.Lock()
-_locks: dict[int, threading.RLock] = {}
+_locks: dict[int, ReadWriteLock] = {}
 _strong_refs: dict[int, object] = {}
 
 
-def slide_lock(slide: object) -> threading.RLock:
-    """The lock that serialises reads of ``slide`` across the whole app.
-
-    Anything that reads pixels from a slide outside the UI thread (the tile loader, the engine
-    worker) should hold this lock around each read.
-    """
+def slide_lock(slide: object) -> ReadWriteLock:
+    """The app's lock of ``slide``: ``shared()`` around a read where the slide allows concurrent
+    reads (:func:`read_lock`), ``with lock:`` (alone) otherwise and to stop reading it."""
     key = id(slide)
     with _locks_guard:
         lock = _locks.get(key)
         if lock is None:
-            lock = threading.RLock()
+            lock = ReadWriteLock()
             _locks[key] = lock
             try:
                 weakref.finalize(slide, _forget_lock, key)
             except TypeError:  # not weak-referenceable: keep it alive so its id stays unique
                 _strong_refs[key] = slide
         return lock
+
+
+def read_lock(slide: object, lock: ReadWriteLock) -> contextlib.AbstractContextManager[Any]:
+    """What a reader of ``slide`` holds: the shared side when its reads may run in parallel."""
+    if getattr(slide, "concurrent_reads", False):
+        return lock.shared()
+    return lock.exclusive()
 
 
 def _forget_lock(key: int) -> None:
@@ -102,7 +108,7 @@ class _Source:
     slide: SlideLike | None
     levels: Sequence[DisplayLevel]
     tile_size: int
-    lock: threading.RLock
+    lock: ReadWriteLock
 
 
 class TileLoader(QObject):
@@ -119,7 +125,7 @@ class TileLoader(QObject):
         self._in_flight: set[TileKey] = set()
         self._outstanding = 0  # taken by a worker, not yet delivered to the UI thread
         self._generation = 0
-        self._source = _Source(None, (), 256, threading.RLock())
+        self._source = _Source(None, (), 256, ReadWriteLock())
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
@@ -139,11 +145,11 @@ class TileLoader(QObject):
             self._queue.clear()
             self._in_flight.clear()
             self._outstanding = 0
-            lock = slide_lock(slide) if slide is not None else threading.RLock()
+            lock = slide_lock(slide) if slide is not None else ReadWriteLock()
             self._source = _Source(slide, tuple(levels), tile_size, lock)
             generation = self._generation
         # A worker reads under the old lock and checks the generation inside it: once we have
-        # held the lock, any read of the old slide has finished and none can start.
+        # held the lock alone, any read of the old slide has finished and none can start.
         with old_lock:
             pass
         return generation
@@ -213,7 +219,7 @@ class TileLoader(QObject):
             error: str | None = None
             started = time.perf_counter()
             try:
-                with source.lock:
+                with read_lock(source.slide, source.lock):
                     with self._cond:
                         if generation != self._generation or source.slide is None:
                             continue
