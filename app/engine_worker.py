@@ -82,7 +82,9 @@ class SegmentRequest:
 class PreencodeRequest:
     """Encode the field a prompt around level-0 (x, y) of about ``extent`` pixels would use.
 
-    ``mode`` "wsi-sam" needs both patches (HR first, then LR); "sam" only the HR one.
+    ``mode`` "wsi-sam" needs both patches (HR first, then LR); "sam" only the HR one. With a
+    pan ``direction`` (a level-0 vector), the next ``neighbours`` fields that way follow, at the
+    same magnification, after the field at (x, y) (parts "hr@1", "lr@1", ...).
     """
 
     request_id: int
@@ -91,9 +93,19 @@ class PreencodeRequest:
     y: float
     extent: float | None = None
     mode: str = "wsi-sam"
+    direction: tuple[float, float] | None = None
+    neighbours: int = 0
 
     def parts(self) -> tuple[str, ...]:
-        return ("hr", "lr") if self.mode == "wsi-sam" else ("hr",)
+        own = ("hr", "lr") if self.mode == "wsi-sam" else ("hr",)
+        steps = self.neighbours if self.direction is not None else 0
+        return own + tuple(f"{part}@{step}" for step in range(1, steps + 1) for part in own)
+
+
+def split_part(part: str) -> tuple[str, int]:
+    """ "hr" -> ("hr", 0); "lr@2" -> ("lr", 2): the patch and which field of the request."""
+    patch, _, step = part.partition("@")
+    return patch, int(step) if step else 0
 
 
 def load_default_predictor(
@@ -263,11 +275,23 @@ class EngineWorker(QObject):
                     chosen = predictor.field_at(slide, request.x, request.y, extent=request.extent)
                     self._preencode_field = (request.request_id, chosen)
                 chosen = self._preencode_field[1]
-                need_lr = "lr" in request.parts()
-                if not predictor.is_field_cached(slide, chosen, need_lr=need_lr):
-                    self.busy.emit(request.request_id, "Pre-encoding view")
-                    encoded = bool(predictor.preencode(slide, chosen, part))
-                complete = predictor.is_field_cached(slide, chosen, need_lr=need_lr)
+                patch, step = split_part(part)
+                if step:  # a neighbour in the pan direction, where the predictor knows them
+                    find = getattr(predictor, "neighbour_field", None)
+                    assert request.direction is not None
+                    chosen = None if find is None else find(slide, chosen, request.direction, step)
+                need_lr = request.mode == "wsi-sam"
+                if chosen is not None and not predictor.is_field_cached(
+                    slide, chosen, need_lr=need_lr
+                ):
+                    self.busy.emit(
+                        request.request_id,
+                        "Pre-encoding view" if not step else "Pre-encoding ahead",
+                    )
+                    encoded = bool(predictor.preencode(slide, chosen, patch))
+                complete = chosen is None or predictor.is_field_cached(
+                    slide, chosen, need_lr=need_lr
+                )
             except Exception:
                 # a background nicety: the prompt itself will encode (and report any error)
                 traceback.print_exc()
@@ -532,7 +556,12 @@ class EngineClient(QObject):
                 return
             if part in self._preencode_parts:
                 self._preencode_parts.remove(part)
-            if complete or not self._preencode_parts:
+            if complete:  # this field is all there: its other steps have nothing to do
+                step = split_part(part)[1]
+                self._preencode_parts = [
+                    p for p in self._preencode_parts if split_part(p)[1] != step
+                ]
+            if not self._preencode_parts:
                 self._preencode = None
                 self._preencode_parts = []
 

@@ -7,6 +7,9 @@ repetition:
   background pre-encode of the view centre has finished (both patches in WSI-SAM mode); then a box
   is released around the view centre. Only the decoders should run (``encoded`` False).
 - cold: the same with background pre-encoding turned off, so the prompt encodes its own field.
+- added point: after each settled box, ``--points`` clicks with the point tool inside the box
+  (positive, a few HR pixels apart), each timed from the click to its preview drawn: the
+  re-prompt a user feels when refining a mask point by point.
 
 The clock starts just before the simulated mouse release and stops once the preview has been
 painted into the viewer (a synchronous repaint after the answer arrived). The first prompt after
@@ -46,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"))
     parser.add_argument("--precision", default="auto", choices=("auto", "f32", "bf16", "fp16"))
     parser.add_argument("--mode", default="wsi-sam", choices=("wsi-sam", "sam"))
+    parser.add_argument(
+        "--points", type=int, default=3, help="points added after each settled box (timed)"
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--xvfb", action="store_true", help="start a private Xvfb display")
     where.add_argument("--offscreen", action="store_true", help="Qt's offscreen platform")
@@ -157,7 +163,35 @@ class Session:
         half = extent * BOX_FRACTION / 2
         return x - half, y - half, x + half, y + half
 
-    def release_box(self, box: tuple[float, float, float, float]) -> tuple[float, Any]:
+    def add_point(self, x: float, y: float) -> tuple[float, Any]:
+        """Click a positive point with the point tool; seconds from the click to the preview."""
+        from PySide6.QtCore import QPointF, Qt
+        from PySide6.QtTest import QTest
+
+        window = self.window
+        viewport = window.view.viewport()
+        window.set_tool("point")
+        prompts = window.prompts
+        before = prompts.result()
+        self.app.processEvents()
+        where = window.view.mapFromScene(QPointF(x, y))
+        t0 = time.perf_counter()
+        QTest.mouseClick(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, where)
+        wait_for(
+            self.app,
+            lambda: not prompts.is_waiting() and prompts.result() is not before,
+            "the preview of the added point",
+        )
+        viewport.repaint()
+        elapsed = time.perf_counter() - t0
+        result = prompts.result()
+        if result is None:
+            raise SystemExit("the point prompt failed (see the message above)")
+        return elapsed, result
+
+    def release_box(
+        self, box: tuple[float, float, float, float], keep: bool = False
+    ) -> tuple[float, Any]:
         """Drag ``box`` with mouse events; seconds from the release to the preview painted."""
         from PySide6.QtCore import QPointF, Qt
         from PySide6.QtTest import QTest
@@ -184,11 +218,16 @@ class Session:
         result = prompts.result()
         if result is None:
             raise SystemExit("the prompt failed (see the message above)")
-        prompts.discard()
+        if not keep:
+            prompts.discard()
         return elapsed, result
 
-    def measure(self, x: float, y: float, preencode: bool) -> tuple[float, Any]:
+    def measure(
+        self, x: float, y: float, preencode: bool, points: int = 0
+    ) -> tuple[float, Any, list[tuple[float, Any]]]:
+        """The box's latency and result, then each added point's (settled only)."""
         window = self.window
+        window.set_tool("box")
         window.preencode.set_enabled(preencode)
         window.engine.clear_cache()
         asked_before = window.preencode.last_request()
@@ -197,7 +236,17 @@ class Session:
             self.wait_preencoded(asked_before)
         else:
             wait_for(self.app, lambda: not window.engine.is_busy(), "the engine")
-        return self.release_box(self.box_at_view_centre())
+        box = self.box_at_view_centre()
+        seconds, result = self.release_box(box, keep=points > 0)
+        added = []
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        step = (box[2] - box[0]) / 10
+        for i in range(points):
+            added.append(self.add_point(cx + step * (i - 1), cy + step * ((i % 2) - 0.5)))
+        if points > 0:
+            window.prompts.discard()
+            window.set_tool("box")
+        return seconds, result, added
 
 
 def summary(name: str, seconds: list[float]) -> str:
@@ -225,20 +274,28 @@ def main() -> int:
         session = Session(app, args)
         print(f"CPU cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}", flush=True)
 
-        warm_s, _ = session.measure(*CENTRES[-1], preencode=False)
+        warm_s, _, _ = session.measure(*CENTRES[-1], preencode=False, points=1)
         print(f"warm-up  {warm_s * 1000:6.0f} ms (first prompt, not counted)", flush=True)
         settled: list[float] = []
         cold: list[float] = []
+        points: list[float] = []
         engine_s: dict[str, list[float]] = {"decode": [], "polygon": [], "total": []}
+        point_engine_s: dict[str, list[float]] = {"decode": [], "polygon": [], "total": []}
         for rep in range(args.reps):
             x, y = CENTRES[rep % len(CENTRES)]
-            seconds, result = session.measure(x, y, preencode=True)
+            seconds, result, added = session.measure(x, y, preencode=True, points=args.points)
             settled.append(seconds)
             for stage, values in engine_s.items():
                 values.append(result.timings.get(stage, float("nan")))
             note = "" if not result.encoded else "  (ENCODED: the pre-encoded field was not used)"
             print(f"settled  {seconds * 1000:6.0f} ms  at ({x}, {y}){note}", flush=True)
-            seconds, result = session.measure(x, y, preencode=False)
+            for point_s, point_result in added:
+                points.append(point_s)
+                for stage, values in point_engine_s.items():
+                    values.append(point_result.timings.get(stage, float("nan")))
+                flag = "  (ENCODED)" if point_result.encoded else ""
+                print(f"point    {point_s * 1000:6.0f} ms{flag}", flush=True)
+            seconds, result, _ = session.measure(x, y, preencode=False)
             cold.append(seconds)
             print(
                 f"cold     {seconds * 1000:6.0f} ms  at ({x}, {y}), encode "
@@ -247,10 +304,19 @@ def main() -> int:
             )
         print(summary("settled", settled))
         print(summary("cold", cold))
+        if points:
+            print(summary("point", points))
         print(
             "engine time of the settled prompts, median: "
             + ", ".join(f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in engine_s.items())
         )
+        if points:
+            print(
+                "engine time of the added points, median: "
+                + ", ".join(
+                    f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in point_engine_s.items()
+                )
+            )
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
         session.window.close()
         return 0

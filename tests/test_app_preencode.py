@@ -428,3 +428,112 @@ def test_real_engine_box_at_settled_view_centre_only_decodes(
     result = win.prompts.result()
     assert result.encoded is False and result.mode == "wsi-sam"
     win.close()
+
+
+# -- fields ahead of the pan ------------------------------------------------------------------
+class FakeWithNeighbours(FakePreencoder):
+    """Knows the fields next to a field: ("field", x + 1000 * step * dx, ...)."""
+
+    def neighbour_field(self, slide: Any, chosen: Any, direction: Any, step: int = 1) -> Any:
+        dx, dy = direction
+        return ("next", chosen[1] + 1000 * step * dx, chosen[2] + 1000 * step * dy)
+
+
+def test_request_parts_include_the_neighbours_after_the_centre() -> None:
+    plain = PreencodeRequest(1, "s", x=1, y=2, extent=3)
+    assert plain.parts() == ("hr", "lr")
+    ahead = PreencodeRequest(1, "s", x=1, y=2, extent=3, direction=(1.0, 0.0), neighbours=2)
+    assert ahead.parts() == ("hr", "lr", "hr@1", "lr@1", "hr@2", "lr@2")
+    sam = PreencodeRequest(1, "s", x=1, y=2, mode="sam", direction=(0.0, 1.0), neighbours=1)
+    assert sam.parts() == ("hr", "hr@1")
+    # no direction, no neighbours
+    assert PreencodeRequest(1, "s", x=1, y=2, neighbours=3).parts() == ("hr", "lr")
+
+
+def test_worker_preencodes_the_neighbour_ahead_after_the_centre(qtbot) -> None:
+    fake = FakeWithNeighbours()
+    engine = EngineClient(lambda progress: fake, slide_opener=lambda path: _FakeSlide())
+    with qtbot.waitSignal(engine.loaded, timeout=5000):
+        engine.start()
+    try:
+        request = PreencodeRequest(
+            engine.new_request_id(), "s", x=500, y=500, extent=300, direction=(1, 0), neighbours=1
+        )
+        engine.request_preencode(request)
+        qtbot.waitUntil(lambda: engine.preencode_request() is None, timeout=5000)
+        qtbot.waitUntil(lambda: not engine.is_busy(), timeout=5000)
+        centre = ("field", 500, 500, 300)
+        assert [(part, chosen) for _, part, chosen in fake.log] == [
+            ("hr", centre),
+            ("lr", centre),
+            ("hr", ("next", 1500, 500)),
+            ("lr", ("next", 1500, 500)),
+        ]
+        # a prompt that arrives while the neighbour is being encoded goes before its next step
+        fake.log.clear()
+        fake.cached.clear()
+        fake.preencode_gate = threading.Event()
+        fake.preencode_started.clear()
+        request = PreencodeRequest(
+            engine.new_request_id(), "s", x=700, y=500, extent=300, direction=(1, 0), neighbours=1
+        )
+        engine.request_preencode(request)
+        assert fake.preencode_started.wait(5)  # the centre's HR step is held
+        engine.submit(SegmentRequest(engine.new_request_id(), "s", box=(1, 2, 30, 40)))
+        fake.preencode_gate.set()
+        qtbot.waitUntil(lambda: engine.preencode_request() is None, timeout=5000)
+        qtbot.waitUntil(lambda: not engine.is_busy(), timeout=5000)
+        assert fake.kinds()[:2] == [("preencode", "hr"), ("segment",)]
+        assert len([k for k in fake.kinds() if k[0] == "preencode"]) == 4
+    finally:
+        fake.preencode_gate = None
+        engine.shutdown()
+
+
+def test_pan_direction_between_settled_views() -> None:
+    from app.controllers.preencode import pan_direction
+
+    assert pan_direction(None, (0, 0, 100)) is None
+    assert pan_direction((0, 0, 100), (50, -20, 100)) == (50, -20)
+    assert pan_direction((0, 0, 100), (5, 0, 100)) is None  # too small to be a pan
+    assert pan_direction((0, 0, 100), (500, 0, 200)) is None  # a zoom
+
+
+def test_settled_pan_asks_for_the_field_ahead(qtbot, window) -> None:
+    window.set_tool("box")
+    window.view.set_downsample(2.0, QPointF(900, 1400))
+    window.view.centre_on_level0(900, 1400)
+    first = settle(qtbot, window)
+    assert first.direction is None  # after a zoom: no pan direction
+    qtbot.waitUntil(lambda: not window.engine.is_busy(), timeout=5000)
+    window.view.centre_on_level0(1300, 1400)  # pan to the right
+    request = settle(qtbot, window)
+    assert request.direction is not None and request.direction[0] > 0
+    assert abs(request.direction[1]) < 1e-6 * request.direction[0] + 1
+    assert request.neighbours >= 1 and "hr@1" in request.parts()
+
+
+def test_predictor_neighbour_field_lies_ahead_at_the_same_magnification(sample_slide) -> None:
+    from engine.patches import PATCH_SIZE, choose_field
+    from engine.slides import open_slide
+    from engine.wsi_predictor import REUSE_MARGIN, WsiSamPredictor
+
+    predictor = WsiSamPredictor(model=None)  # type: ignore[arg-type]
+    with open_slide(sample_slide) as slide:
+        chosen = choose_field(slide, (1000, 1400, 1100, 1500))
+        ahead = predictor.neighbour_field(slide, chosen, (1.0, 0.0))
+        assert ahead is not None
+        assert ahead.hr_downsample == chosen.hr_downsample
+        step = (PATCH_SIZE - 2 * REUSE_MARGIN) * chosen.hr_downsample
+        assert ahead.centre[0] - chosen.centre[0] == pytest.approx(
+            step, abs=2 * chosen.lr_downsample
+        )
+        assert ahead.centre[1] == pytest.approx(chosen.centre[1], abs=chosen.lr_downsample)
+        # the two fields' reusable areas meet: no gap between them for a prompt
+        right_edge = chosen.centre[0] + (PATCH_SIZE / 2 - REUSE_MARGIN) * chosen.hr_downsample
+        left_edge = ahead.centre[0] - (PATCH_SIZE / 2 - REUSE_MARGIN) * ahead.hr_downsample
+        assert left_edge <= right_edge + chosen.lr_downsample
+        # off the slide: none
+        far = predictor.neighbour_field(slide, chosen, (-1.0, 0.0), step=10)
+        assert far is None
+        assert predictor.neighbour_field(slide, chosen, (0.0, 0.0)) is None

@@ -10,6 +10,9 @@ stale request) and the next settle asks again.
 The field's magnification comes from the expected object size, guessed from the view: a third of
 the shorter side of what the view shows of the slide (the size of box one draws at this zoom),
 which :func:`engine.patches.choose_field` turns into a magnification as it would for that box.
+
+After a pan, the fields next in the pan direction (:data:`NEIGHBOURS` of them) are encoded
+after the view centre's, in the same low-priority slot: where the user is likely to prompt next.
 """
 
 from __future__ import annotations
@@ -25,6 +28,25 @@ SETTLE_MS = 300
 #: Expected object size as a fraction of the shorter visible side (level-0 pixels).
 EXTENT_FRACTION = 1.0 / 3.0
 PROMPT_TOOLS = ("box", "point")
+#: fields encoded ahead of the view centre in the pan direction, once the centre's is done
+NEIGHBOURS = 1
+#: a move between two settled views counts as a pan when it is this share of the view's size
+MIN_PAN_FRACTION = 0.1
+
+
+def pan_direction(
+    before: tuple[float, float, float] | None, now: tuple[float, float, float]
+) -> tuple[float, float] | None:
+    """The pan between two settled views, (centre x, centre y, view size) each in level-0
+    pixels: the direction moved, or None after a zoom or a move too small to be a pan."""
+    if before is None:
+        return None
+    if abs(now[2] - before[2]) > 1e-6 * max(now[2], before[2]):
+        return None  # a zoom
+    dx, dy = now[0] - before[0], now[1] - before[1]
+    if (dx * dx + dy * dy) ** 0.5 < MIN_PAN_FRACTION * now[2]:
+        return None
+    return dx, dy
 
 
 def view_target(visible: QRectF, slide_size: tuple[int, int]) -> tuple[float, float, float] | None:
@@ -55,6 +77,7 @@ class PreencodeController(QObject):
         self._engine = window.engine
         self._enabled = True
         self._last: PreencodeRequest | None = None
+        self._settled_view: tuple[float, float, float] | None = None  # centre x, y, view size
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(SETTLE_MS)
@@ -120,6 +143,10 @@ class PreencodeController(QObject):
         if target is None:
             return
         x, y, extent = target
+        visible = window.view.visible_rect_level0()
+        view = (visible.center().x(), visible.center().y(), max(visible.width(), 1.0))
+        direction = pan_direction(self._settled_view, view)
+        self._settled_view = view
         request = PreencodeRequest(
             request_id=self._engine.new_request_id(),
             slide_path=window.slide_path,
@@ -127,6 +154,8 @@ class PreencodeController(QObject):
             y=y,
             extent=extent,
             mode=window.prompts.mode(),
+            direction=direction,
+            neighbours=NEIGHBOURS if direction is not None else 0,
         )
         self._last = request
         self._engine.request_preencode(request)
