@@ -9,8 +9,11 @@ encoder backend and both modes, against one reference MobileSAM encode measured 
 - *re-prompt*: a slightly different box in the same field: decoders and polygon only.
 - *reference encode*: one forward pass of the original MobileSAM image encoder (PyPI
   ``mobilesam-mirror``, in ``.venv-bench``; see benchmarks/README.md) on a 1024x1024 input,
-  timed between the cases so that machine load affects both alike. Without the reference the
-  ratios column is left out.
+  timed between the cases so that machine load affects both alike. Where it is not installed
+  (the project's ``.venv``), our own TinyViT in torch f32 stands in (about the same speed,
+  ../shared/DESIGN.md); the first line says which was used (``--reference`` picks one).
+- *add point*: a box, then one, two and three positive points added inside it (each a new
+  prompt on the cached field): the re-prompt of refining a mask point by point.
 
 Prints median and min seconds per case and the ratio of each median to the reference's median.
 """
@@ -18,6 +21,7 @@ Prints median and min seconds per case and the ratio of each median to the refer
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -29,20 +33,36 @@ import engine
 from app import sample_slide_path
 
 
-def _reference_encoder(device: torch.device) -> Callable[[], object] | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from mobile_sam import sam_model_registry
-    except ImportError:
-        return None
-    model = sam_model_registry["vit_t"](checkpoint=str(engine.default_checkpoint_path()))
-    model = model.to(device).eval()
+def _reference_encoder(
+    device: torch.device, which: str = "auto"
+) -> tuple[Callable[[], object] | None, str]:
+    """The reference encode and its name: the original MobileSAM when installed (or asked for),
+    else our TinyViT in torch f32."""
     x = torch.randn(1, 3, 1024, 1024, device=device)
+    model: torch.nn.Module
+    if which in ("auto", "mobilesam"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from mobile_sam import sam_model_registry
+        except ImportError:
+            if which == "mobilesam":
+                return None, "MobileSAM not installed"
+        else:
+            original = sam_model_registry["vit_t"](checkpoint=str(engine.default_checkpoint_path()))
+            model = original.to(device).eval().image_encoder
+            return _timed(model, x, device), "original MobileSAM (mobilesam-mirror), torch f32"
+    if which == "none":
+        return None, "none"
+    sam = engine.load_sam(device=device, backend="torch", precision="f32")
+    return _timed(sam.image_encoder, x, device), "our TinyViT in torch f32"
+
+
+def _timed(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> Callable[[], object]:
 
     def encode() -> object:
         with torch.inference_mode():
-            out = model.image_encoder(x)
+            out = model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return out
@@ -62,6 +82,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--heads", default=None)
     parser.add_argument(
+        "--reference",
+        default="auto",
+        choices=("auto", "mobilesam", "ours", "none"),
+        help="the reference encoder: the original MobileSAM when installed, else ours",
+    )
+    parser.add_argument(
         "--backends",
         default=None,
         help="comma-separated backend[:precision] (default: torch and both OpenVINO precisions "
@@ -76,10 +102,11 @@ def main() -> None:
         specs = [("torch", "f32"), ("torch", "bf16"), ("torch", "fp16")]
     else:
         specs = [("torch", "f32"), ("openvino", "f32"), ("openvino", "bf16")]
-    reference = _reference_encoder(device)
+    reference, reference_name = _reference_encoder(device, args.reference)
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-        f"slide {args.slide}, reference MobileSAM {'yes' if reference else 'not installed'}"
+        f"slide {args.slide}, reference: {reference_name}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     ref_times: list[float] = []
 
@@ -110,7 +137,7 @@ def main() -> None:
             label = model.sam.backend_label
             for mode in ("sam", "wsi-sam"):
                 predictor = engine.WsiSamPredictor(model)
-                new_field, cached = [], []
+                new_field, cached, points = [], [], []
                 for i, (cx, cy) in enumerate(centres):
                     box = (cx - 100, cy - 100, cx + 100, cy + 100)
                     predictor.clear_cache()
@@ -128,12 +155,22 @@ def main() -> None:
                     ]
                     _sync(device)
                     t2 = time.perf_counter()
-                    assert first.encoded and not any(a.encoded for a in again)
+                    clicks = [(cx, cy), (cx + 20, cy + 10), (cx - 15, cy + 5)]
+                    added = []
+                    for k in range(1, len(clicks) + 1):
+                        t3 = time.perf_counter()
+                        added.append(
+                            predictor.segment(slide, box=box, points=clicks[:k], mode=mode)
+                        )
+                        _sync(device)
+                        points.append(time.perf_counter() - t3)
+                    assert first.encoded and not any(a.encoded for a in again + added)
                     if i == 0:
+                        points.clear()
                         continue  # warm-up
                     new_field.append(t1 - t0)
                     cached.append((t2 - t1) / len(again))
-                rows.append((label, mode, new_field, cached))
+                rows.append((label, mode, new_field, cached, points))
     ref_median = statistics.median(ref_times) if ref_times else None
     if ref_median is not None:
         print(
@@ -142,15 +179,17 @@ def main() -> None:
         )
     print(
         f"{'encoder':22} {'mode':8} {'new field med/min (s)':>22} {'x ref':>6} "
-        f"{'re-prompt med/min (ms)':>24}"
+        f"{'re-prompt med/min (ms)':>24} {'add point med/min (ms)':>24}"
     )
-    for label, mode, new_field, cached in rows:
+    for label, mode, new_field, cached, points in rows:
         med_new, med_cached = statistics.median(new_field), statistics.median(cached)
         ratio = f"{med_new / ref_median:6.2f}" if ref_median else "     -"
         print(
             f"{label:22} {mode:8} {med_new:12.3f} / {min(new_field):7.3f} {ratio} "
-            f"{med_cached * 1e3:14.1f} / {min(cached) * 1e3:7.1f}"
+            f"{med_cached * 1e3:14.1f} / {min(cached) * 1e3:7.1f} "
+            f"{statistics.median(points) * 1e3:14.1f} / {min(points) * 1e3:7.1f}"
         )
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

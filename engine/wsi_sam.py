@@ -546,16 +546,28 @@ class WsiSam(nn.Module):
         )
 
     @torch.no_grad()
-    def hr_static_features(self, hr: PatchFeatures) -> torch.Tensor:
+    def hr_static_features(self, hr: PatchFeatures, converted: bool = True) -> torch.Tensor:
         """The HR head's fused features that do not depend on the prompt.
 
         ``embedding_encoder(embedding) + compress_vit_feat(early)``: (B, 32, 256, 256). A
         predictor computes them once per field and passes them to :meth:`predict_hr`.
+        ``converted`` as in :meth:`predict_hr`: on the converted decoders' runtime when they
+        are enabled for these heads (a new field's cost), else in torch.
         """
+        decoders = self.decoder_backend if converted else None
+        if (
+            decoders is not None
+            and decoders.heads_version == self.heads_version
+            and hasattr(decoders, "hr_static")
+        ):
+            converted_static: torch.Tensor = decoders.hr_static(hr.embedding, hr.early)
+            return converted_static
+        return self.hr_static_torch(hr.embedding, hr.early)
+
+    def hr_static_torch(self, embedding: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
+        """:meth:`hr_static_features` in torch, on (B, 256, 64, 64) and (B, 160, 64, 64)."""
         head = self.hr_head
-        static: torch.Tensor = head.embedding_encoder(hr.embedding) + head.compress_vit_feat(
-            hr.early
-        )
+        static: torch.Tensor = head.embedding_encoder(embedding) + head.compress_vit_feat(early)
         return static
 
     @torch.no_grad()
@@ -589,7 +601,7 @@ class WsiSam(nn.Module):
         """
         hr_sparse, hr_dense = self._embed_prompts(prompts)
         lr_sparse, lr_dense = self._embed_prompts(prompts.to_lr())
-        static = self.hr_static_features(hr) if hr_static is None else hr_static
+        static = self.hr_static_features(hr, converted) if hr_static is None else hr_static
         decoders = self.decoder_backend if converted else None
         if decoders is not None and decoders.heads_version == self.heads_version:
             logits, iou = decoders.decode_hr(

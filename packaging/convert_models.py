@@ -25,7 +25,7 @@ def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
     """Make ``out_dir`` hold exactly the converted encoder of ``checkpoint`` and the converted
     decoders of the shipped heads; return the encoder's IR."""
     from engine.backends.openvino_backend import IR_NAME, convert_encoder, model_key
-    from engine.backends.openvino_decoder import convert_decoders, decoders_key
+    from engine.backends.openvino_decoder import DECODER_GRAPHS, convert_decoders, decoders_key
     from engine.build import load_wsi_sam
 
     model = load_wsi_sam(
@@ -46,7 +46,7 @@ def convert_models(out_dir: Path, checkpoint: str | None = None) -> Path:
     decoder_dir = out_dir / decoders
     graphs = [
         decoder_dir / f"{name}{suffix}"
-        for name in ("decode_hr", "decode_sam")
+        for name in DECODER_GRAPHS
         for suffix in (".xml", ".bin")
     ]
     if not all(path.is_file() for path in graphs):

@@ -278,3 +278,16 @@ def test_fresh_heads_load_the_same_every_time_so_converted_decoders_are_reused()
     torch.manual_seed(456)
     second = load_wsi_sam(heads="none", device="cpu", backend="torch")
     assert heads_digest(first) == heads_digest(second)
+
+
+def test_openvino_hr_static_features_equal_torch(ov_wsi_sam, real_field) -> None:  # type: ignore[no-untyped-def]
+    """A new field's prompt-independent HR features run on the converted graphs too."""
+    hr, _ = real_field
+    model = ov_wsi_sam
+    assert model.decoder_backend is not None
+    with torch.inference_mode():
+        converted = model.hr_static_features(hr)
+        reference = model.hr_static_features(hr, converted=False)
+        torch.testing.assert_close(reference, model.hr_static_torch(hr.embedding, hr.early))
+    assert converted.shape == (1, 32, 256, 256)
+    torch.testing.assert_close(converted, reference, rtol=1e-3, atol=1e-3)

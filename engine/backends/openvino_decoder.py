@@ -2,11 +2,13 @@
 
 After the encoder, what a prompt waits for is SAM's two-way-transformer decoder (run three times
 in WSI-SAM mode: plain SAM on the HR patch, then the HR and LR heads' tokens in one batch) and the
-HR head's 3x3-conv fusion at 256x256. :meth:`engine.wsi_sam.WsiSam.decode_hr` and
-:meth:`~engine.wsi_sam.WsiSam.decode_sam` hold exactly that tensor work without shape-dependent
-Python branches; this module converts them with ``openvino.convert_model`` (dynamic batch and
-prompt length), caches the IR on disk keyed by the MobileSAM checkpoint, the heads' weights and
-the OpenVINO version, and runs them in the encoder backend's precision.
+HR head's 3x3-conv fusion at 256x256; a new field also waits for the HR head's prompt-independent
+fused features (:meth:`~engine.wsi_sam.WsiSam.hr_static_torch`), converted here as well.
+:meth:`engine.wsi_sam.WsiSam.decode_hr` and :meth:`~engine.wsi_sam.WsiSam.decode_sam` hold exactly
+that tensor work without shape-dependent Python branches; this module converts them with
+``openvino.convert_model`` (dynamic batch and prompt length), caches the IR on disk keyed by the
+MobileSAM checkpoint, the heads' weights and the OpenVINO version, and runs them in the encoder
+backend's precision.
 
 The converted graphs hold the heads' weights, so they answer only for the heads they were
 converted from: :class:`~engine.wsi_sam.WsiSam` uses them only while its ``heads_version`` is the
@@ -46,8 +48,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Bump when the converted decoder graphs change.
-DECODER_GRAPH_VERSION = 2  # 2: the merged token folded into the fusion's last conv
-_GRAPHS = ("decode_hr", "decode_sam")
+#: 2: the merged token folded into the fusion's last conv; the HR static features converted too
+DECODER_GRAPH_VERSION = 2
+#: the converted graphs, one IR each in a decoders folder
+DECODER_GRAPHS = ("decode_hr", "decode_sam", "hr_static")
+_GRAPHS = DECODER_GRAPHS
 
 
 class _DecodeHr(nn.Module):
@@ -81,6 +86,15 @@ class _DecodeSam(nn.Module):
         return self.model.decode_sam(embedding, sparse, dense)
 
 
+class _HrStatic(nn.Module):
+    def __init__(self, model: WsiSam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, embedding: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
+        return self.model.hr_static_torch(embedding, early)
+
+
 def heads_digest(model: WsiSam) -> str:
     """sha256 of the heads' weights and aggregation (what the converted graphs depend on)."""
     digest = hashlib.sha256(model.aggregation.encode())
@@ -111,6 +125,7 @@ def _example_inputs(model: WsiSam) -> dict[str, tuple[torch.Tensor, ...]]:
     return {
         "decode_hr": (emb, emb, static, sparse, sparse, dense, dense),
         "decode_sam": (emb, sparse, dense),
+        "hr_static": (emb, torch.zeros(1, 160, 64, 64)),
     }
 
 
@@ -130,8 +145,13 @@ def convert_decoders(model: WsiSam, folder: Path) -> None:
             (-1, 256, 64, 64),
         ],
         "decode_sam": [(-1, 256, 64, 64), (-1, -1, 256), (-1, 256, 64, 64)],
+        "hr_static": [(-1, 256, 64, 64), (-1, 160, 64, 64)],
     }
-    modules = {"decode_hr": _DecodeHr(model), "decode_sam": _DecodeSam(model)}
+    modules = {
+        "decode_hr": _DecodeHr(model),
+        "decode_sam": _DecodeSam(model),
+        "hr_static": _HrStatic(model),
+    }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     t0 = time.perf_counter()
@@ -146,7 +166,7 @@ def convert_decoders(model: WsiSam, folder: Path) -> None:
         try:
             tmp.rename(folder)
         except OSError:
-            if not (folder / "decode_sam.xml").is_file():
+            if not all((folder / f"{name}.xml").is_file() for name in _GRAPHS):
                 raise
     finally:
         if tmp.exists():
@@ -172,7 +192,9 @@ class OpenVinoDecoders:
         key = decoders_key(model)
         bundled = bundled_models_dir()
         folder = cache_root() / "openvino" / key
-        if bundled is not None and (bundled / key / "decode_sam.xml").is_file():
+        if bundled is not None and all(
+            (bundled / key / f"{name}.xml").is_file() for name in _GRAPHS
+        ):
             folder = bundled / key
         elif not all((folder / f"{name}.xml").is_file() for name in _GRAPHS):
             try:
@@ -241,3 +263,8 @@ class OpenVinoDecoders:
         """As :meth:`WsiSam.decode_sam`: logits (B, 4, 256, 256), IoU predictions (B, 4)."""
         masks, iou = self._infer("decode_sam", inputs)
         return masks, iou
+
+    def hr_static(self, embedding: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
+        """As :meth:`WsiSam.hr_static_torch`: (B, 32, 256, 256), once per field."""
+        (static,) = self._infer("hr_static", (embedding, early))
+        return static
