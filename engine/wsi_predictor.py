@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -336,20 +337,32 @@ class WsiSamPredictor:
         if have_all:
             self._cache.move_to_end(key)
             return entry, False
+        todo = [part for part in ("hr", "lr") if getattr(entry, part) is None]
+        if not need_lr:
+            todo = [part for part in todo if part != "lr"]
+        # The LR patch is read on another thread while the HR patch is encoded (the slide's
+        # reads and the runtime's inference both run outside the GIL), so reading and resampling
+        # the second patch overlaps the first encode instead of adding to it.
+        read = encode = 0.0
+        pending = (
+            _read_pool().submit(_read_patch, slide, chosen, todo[1]) if len(todo) > 1 else None
+        )
         t0 = time.perf_counter()
-        todo = []
-        if entry.hr is None:
-            todo.append(("hr", _read_patch(slide, chosen, "hr")))
-        if need_lr and entry.lr is None:
-            todo.append(("lr", _read_patch(slide, chosen, "lr")))
-        timings["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        batch = torch.from_numpy(np.stack([img for _, img in todo])).permute(0, 3, 1, 2).float()
-        encoded = self.model.encode(batch)
-        self.encoder_calls += len(todo)
-        for i, (which, _) in enumerate(todo):
-            setattr(entry, which, encoded[i])
-        timings["encode"] = time.perf_counter() - t0
+        image = _read_patch(slide, chosen, todo[0])
+        read += time.perf_counter() - t0
+        for index, part in enumerate(todo):
+            if index > 0:
+                assert pending is not None
+                t0 = time.perf_counter()
+                image = pending.result()
+                read += time.perf_counter() - t0  # only what the encode did not hide
+            t0 = time.perf_counter()
+            batch = torch.from_numpy(image[None]).permute(0, 3, 1, 2).float()
+            setattr(entry, part, self.model.encode(batch)[0])
+            self.encoder_calls += 1
+            encode += time.perf_counter() - t0
+        timings["read"] = read
+        timings["encode"] = encode
         self._cache[key] = entry
         self._cache.move_to_end(key)
         self._evict()
@@ -595,6 +608,17 @@ class WsiSamPredictor:
             min_area=4 * ds**2,
         )
         return geometry
+
+
+_READ_POOL: ThreadPoolExecutor | None = None
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """One background thread that reads a field's second patch while the first is encoded."""
+    global _READ_POOL
+    if _READ_POOL is None:
+        _READ_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="field-read")
+    return _READ_POOL
 
 
 def _read_patch(slide: Slide, chosen: Field, part: str) -> np.ndarray:

@@ -48,7 +48,7 @@ def fake_convert(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     def convert_decoders(model: object, folder: Path) -> None:
         calls.append(folder)
         folder.mkdir(parents=True)
-        for name in ("decode_hr", "decode_sam"):
+        for name in openvino_decoder.DECODER_GRAPHS:
             (folder / f"{name}.xml").write_text("<net/>")
             (folder / f"{name}.bin").write_bytes(b"\0")
 
