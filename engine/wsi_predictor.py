@@ -417,11 +417,12 @@ class WsiSamPredictor:
         order = np.argsort(-scores)
         candidates = []
         best_mask: MaskWindow | None = None
-        for index in order:
+        for rank, index in enumerate(order):
             window = self._inside_slide_window(
                 slide, chosen, upsample_window(logits[0, int(index)], PATCH_SIZE)
             )
-            best_mask = best_mask or window
+            if rank == 0:
+                best_mask = window
             candidates.append(
                 Candidate(self._window_geometry(window, chosen), float(scores[index]))
             )
