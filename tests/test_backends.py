@@ -291,3 +291,29 @@ def test_openvino_hr_static_features_equal_torch(ov_wsi_sam, real_field) -> None
         torch.testing.assert_close(reference, model.hr_static_torch(hr.embedding, hr.early))
     assert converted.shape == (1, 32, 256, 256)
     torch.testing.assert_close(converted, reference, rtol=1e-3, atol=1e-3)
+
+
+def test_openvino_decoders_compile_the_prompt_shapes_statically(ov_wsi_sam, real_field) -> None:  # type: ignore[no-untyped-def]
+    """The first call with new shapes answers on the dynamic graph and has the static one
+    compiled in the background; later calls use it, with the same answer."""
+    import time
+
+    from engine.backends.openvino_decoder import OpenVinoDecoders
+    from engine.wsi_sam import Prompts
+
+    model = ov_wsi_sam
+    decoders = OpenVinoDecoders(model, "f32", prepare=False)
+    hr, lr = real_field
+    with torch.inference_mode():
+        sparse, dense = model._embed_prompts(Prompts(boxes=torch.tensor([[400.0, 400, 600, 620]])))
+        inputs = (hr.embedding, sparse, dense.contiguous())
+        assert decoders.static_shapes() == []
+        dynamic, dynamic_iou = decoders.decode_sam(*inputs)
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        deadline = time.monotonic() + 600
+        while ("decode_sam", shapes) not in decoders.static_shapes():
+            assert time.monotonic() < deadline, "the static graph was never compiled"
+            time.sleep(0.2)
+        static, static_iou = decoders.decode_sam(*inputs)
+    torch.testing.assert_close(static, dynamic, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(static_iou, dynamic_iou, rtol=1e-4, atol=1e-4)

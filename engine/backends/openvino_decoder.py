@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ DECODER_GRAPH_VERSION = 2
 #: the converted graphs, one IR each in a decoders folder
 DECODER_GRAPHS = ("decode_hr", "decode_sam", "hr_static")
 _GRAPHS = DECODER_GRAPHS
+#: static-shape compilations kept per decoders object (each is a few MB)
+MAX_STATIC_SHAPES = 16
+#: prompt token counts compiled ahead for one field: a box (2), a point (1 + padding), a box and
+#: one or two points (3, 4), two or three points alone
+PREPARED_TOKENS = (2, 3, 4)
 
 
 class _DecodeHr(nn.Module):
@@ -181,7 +186,7 @@ class OpenVinoDecoders:
     inference request per graph and calling thread.
     """
 
-    def __init__(self, model: WsiSam, precision: str = "f32") -> None:
+    def __init__(self, model: WsiSam, precision: str = "f32", prepare: bool = True) -> None:
 
         if precision not in _OV_PRECISION:
             raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
@@ -219,24 +224,105 @@ class OpenVinoDecoders:
                 f"OpenVINO could not compile the decoders in {folder}: {reason}"
             ) from exc
         self._local = threading.local()
+        # the same graphs compiled for the shapes prompts come in (see _compiled_for)
+        self._core = core
+        self._config = config
+        self._static: dict[tuple[str, tuple[tuple[int, ...], ...]], Any] = {}
+        self._static_pending: set[tuple[str, tuple[tuple[int, ...], ...]]] = set()
+        self._static_lock = threading.Lock()
+        if prepare:
+            threading.Thread(
+                target=self._prepare_shapes, name="openvino-decoder-shapes", daemon=True
+            ).start()
 
     def __deepcopy__(self, memo: dict[int, object]) -> None:
         # A copy of the model may get other heads (training): it decodes in torch.
         return None
 
     def _infer(self, name: str, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        requests = self._local.__dict__.setdefault("requests", {})
-        request = requests.get(name)
-        if request is None:
-            request = requests[name] = self._compiled[name].create_infer_request()
         device = inputs[0].device
         arrays = [np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for t in inputs]
+        shapes = tuple(tuple(int(v) for v in a.shape) for a in arrays)
+        compiled, key = self._compiled_for(name, shapes)
+        requests = self._local.__dict__.setdefault("requests", {})
+        request = requests.get(key)
+        if request is None:
+            request = requests[key] = compiled.create_infer_request()
         # the inputs are read in place (no copy into OpenVINO's buffers); the outputs are copied
         result = request.infer(arrays, share_inputs=True)
-        return tuple(
-            torch.from_numpy(np.array(result[out])).to(device)
-            for out in self._compiled[name].outputs
-        )
+        return tuple(torch.from_numpy(np.array(result[out])).to(device) for out in compiled.outputs)
+
+    def _compiled_for(
+        self, name: str, shapes: tuple[tuple[int, ...], ...], wait: bool = False
+    ) -> tuple[Any, Any]:
+        """The graph compiled for exactly these input shapes when there is one, else the
+        dynamic-shape graph (and the static one is compiled in the background for the next
+        call); with the key of its inference requests.
+
+        A graph reshaped to static shapes does about a quarter less work per decode on a CPU
+        than the dynamic one (OpenVINO plans its kernels once); a prompt's shapes change only
+        with its number of points, so few are ever made (at most :data:`MAX_STATIC_SHAPES`).
+        """
+        key = (name, shapes)
+        with self._static_lock:
+            compiled = self._static.get(key)
+            start = (
+                compiled is None
+                and key not in self._static_pending
+                and len(self._static) + len(self._static_pending) < MAX_STATIC_SHAPES
+            )
+            if start:
+                self._static_pending.add(key)
+        if compiled is not None:
+            return compiled, key
+        if start:
+            if wait:
+                self._compile_static(key)
+                return self._compiled_for(name, shapes)
+            threading.Thread(
+                target=self._compile_static, args=(key,), name="openvino-decoder-shape", daemon=True
+            ).start()
+        return self._compiled[name], name
+
+    def _compile_static(self, key: tuple[str, tuple[tuple[int, ...], ...]]) -> None:
+        import openvino as ov
+
+        name, shapes = key
+        compiled = None
+        try:
+            graph = self._core.read_model(str(self.folder / f"{name}.xml"))
+            ports = graph.inputs
+            graph.reshape(
+                {
+                    port: ov.PartialShape(list(shape))
+                    for port, shape in zip(ports, shapes, strict=True)
+                }
+            )
+            compiled = self._core.compile_model(graph, "CPU", self._config)
+        except Exception as exc:  # the dynamic graph keeps answering
+            logger.info("OpenVINO decoder %s not compiled for shapes %s: %s", name, shapes, exc)
+        with self._static_lock:
+            self._static_pending.discard(key)
+            if compiled is not None:
+                self._static[key] = compiled
+
+    def _prepare_shapes(self) -> None:
+        """Compile the shapes of the first prompts ahead: one field, a box or points and a box
+        with up to two points (:data:`PREPARED_TOKENS`)."""
+        field = (1, 256, 64, 64)
+        for tokens in PREPARED_TOKENS:
+            sparse = (1, tokens, 256)
+            for name, shapes in (
+                ("decode_sam", (field, sparse, field)),
+                ("decode_hr", (field, field, (1, 32, 256, 256), sparse, sparse, field, field)),
+            ):
+                self._compiled_for(name, shapes, wait=True)
+        self._compiled_for("hr_static", (field, (1, 160, 64, 64)), wait=True)
+
+    def static_shapes(self) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+        """The (graph, input shapes) compiled statically so far (for tests and status)."""
+        with self._static_lock:
+            return sorted(self._static)
 
     def decode_hr(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`WsiSam.decode_hr`: HR logits (B, 4, 256, 256), IoU predictions (B, 4)."""
