@@ -303,7 +303,7 @@ def test_openvino_decoders_compile_the_prompt_shapes_statically(ov_wsi_sam, real
 
     model = ov_wsi_sam
     decoders = OpenVinoDecoders(model, "f32", prepare=False)
-    hr, lr = real_field
+    hr, _ = real_field
     with torch.inference_mode():
         sparse, dense = model._embed_prompts(Prompts(boxes=torch.tensor([[400.0, 400, 600, 620]])))
         inputs = (hr.embedding, sparse, dense.contiguous())
