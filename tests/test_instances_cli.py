@@ -196,3 +196,24 @@ def test_train_instances_writes_a_listed_decoder(files, tmp_path, capsys, monkey
     assert entry["magnification"] == 20.0
     # resumable: the state of the finished epoch is there, and --resume has nothing left to do
     assert out.with_name("mine.state.pt").is_file()
+
+
+def test_refinement_on_request_is_in_the_provenance(files, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out.geojson"
+    argv = [
+        "segment",
+        str(files["slide"]),
+        "--everything",
+        "--region",
+        "0,0,640,520",
+        "--instances",
+        str(files["decoder"]),
+        "--refine-instances",
+        "on",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    objects = read_geojson(out)
+    assert len(objects) == 1
+    assert objects[0].metadata["wsi-sam model"].startswith("instance decoder + WSI-SAM")

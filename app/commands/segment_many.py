@@ -81,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser, box_type: Any) -> None:
         "'wsi-sam heads list' or a .pt file); it works at its own magnification",
     )
     group.add_argument(
+        "--refine-instances",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="refine each decoder object with WSI-SAM (its box and mask as the prompt): on, "
+        "off, or auto (default): as the decoder's card recommends (cross-validated)",
+    )
+    group.add_argument(
         "--everything-method",
         choices=("auto", "instances", "grid"),
         default="auto",
@@ -274,7 +281,7 @@ def _everything(
     for index in kept:
         found, parent_id = found_objects[index]
         provenance = (
-            _decoder_provenance_fields(decoder, found)
+            _decoder_provenance_fields(decoder, found, getattr(args, "refined_with", None))
             if decoder is not None
             else _provenance_fields(predictor.model, args.mode, found)
         )
@@ -319,6 +326,29 @@ def _run_region_instances(
             args.level0_magnification,
         )
     )
+    refine = None
+    wanted = args.refine_instances == "on" or (
+        args.refine_instances == "auto" and bool(decoder.metadata.get("refine_by_default"))
+    )
+    if wanted:
+        import engine
+        from engine.instances.refine import refine_objects
+
+        # WSI-SAM on the decoder's own fields: one more encode per field, then batched prompts
+        refiner = engine.WsiSamPredictor(
+            predictor.model,
+            magnification=decoder.magnification,
+            adaptive=False,
+            default_magnification=args.level0_magnification,
+        )
+
+        def refine(objects: list[Any]) -> list[Any]:
+            return refine_objects(refiner, slide, objects[0].field, objects, mode=args.mode)
+
+        from engine.provenance import heads_identity
+
+        args.refined_with = heads_identity(predictor.model, args.mode)[0]
+
     with _bar(total, "field") as bar:
         return segment_instances(
             predictor.model.sam,
@@ -328,10 +358,13 @@ def _run_region_instances(
             settings,
             default_magnification=args.level0_magnification,
             progress=lambda done, _total: bar.update(done - bar.n),
+            refine=refine,
         )
 
 
-def _decoder_provenance_fields(decoder: Any, found: Any) -> dict[str, Any]:
+def _decoder_provenance_fields(
+    decoder: Any, found: Any, refined_with: str | None = None
+) -> dict[str, Any]:
     from app import __version__
     from engine.provenance import Provenance
 
@@ -342,6 +375,7 @@ def _decoder_provenance_fields(decoder: Any, found: Any) -> dict[str, Any]:
         decoder.sha256 or "",
         field=found.field,
         score=found.score,
+        refined_with=refined_with,
         app_version=f"WSI-SAM Studio {__version__}",
     ).apply(measurements, metadata)
     return {"measurements": measurements, "metadata": metadata}
