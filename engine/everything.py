@@ -28,10 +28,12 @@ from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
 from engine.cleanup import area_to_pixels
+from engine.geometry import mask_to_geometry
+from engine.mask_window import upsample_window
 from engine.patches import PATCH_SIZE, Field, make_field
 from engine.slides import Slide
 from engine.wsi_predictor import MODES, Mode, PromptError, WsiSamPredictor
-from engine.wsi_sam import LOWRES_SIZE, Prompts, postprocess_logits
+from engine.wsi_sam import LOWRES_SIZE
 
 __all__ = [
     "EverythingCancelledError",
@@ -231,12 +233,34 @@ def _mask_nms(masks: torch.Tensor, scores: torch.Tensor, threshold: float) -> li
     return keep
 
 
-def _touches_border(mask: np.ndarray, margin: int = 2) -> bool:
+def _touches_border(mask: np.ndarray, row: int = 0, col: int = 0, margin: int = 2) -> bool:
+    """Whether a mask window (placed at ``row``, ``col`` of the HR patch) has pixels within
+    ``margin`` of the patch's border."""
+    h, w = mask.shape
+    top, left = max(margin - row, 0), max(margin - col, 0)
+    bottom = max(row + h - (PATCH_SIZE - margin), 0)
+    right = max(col + w - (PATCH_SIZE - margin), 0)
     return bool(
-        mask[:margin].any()
-        or mask[-margin:].any()
-        or mask[:, :margin].any()
-        or mask[:, -margin:].any()
+        (top and mask[:top].any())
+        or (bottom and mask[h - bottom :].any())
+        or (left and mask[:, :left].any())
+        or (right and mask[:, w - right :].any())
+    )
+
+
+def _window_outline(
+    mask: np.ndarray, row: int, col: int, chosen: Field
+) -> Polygon | MultiPolygon | None:
+    """The level-0 outline of an HR mask window at (``row``, ``col``) of a field's patch, as
+    :meth:`WsiSamPredictor._to_geometry` traces a whole-patch mask."""
+    scale = chosen.hr_downsample
+    x0, y0 = chosen.hr_origin
+    return mask_to_geometry(
+        mask,
+        scale=scale,
+        offset=(x0 + col * scale, y0 + row * scale),
+        simplify_tolerance=1.0,
+        min_area=4 * scale**2,
     )
 
 
@@ -339,13 +363,7 @@ def segment_everything(
             check_cancel()
             batch = points[start : start + settings.points_per_batch]
             t0 = time.perf_counter()
-            prompts = Prompts(
-                points=torch.as_tensor(batch, dtype=torch.float32)[:, None, :],
-                labels=torch.ones(len(batch), 1, dtype=torch.int64),
-            )
-            logits, iou, encoded = predictor.decode_field(
-                slide, chosen, prompts, mode=mode, multimask=True
-            )
+            logits, iou, encoded = predictor.decode_points(slide, chosen, batch, mode=mode)
             timings["encode" if encoded else "decode"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             count, choices = iou.shape
@@ -381,8 +399,15 @@ def segment_everything(
             t0 = time.perf_counter()
             field_objects = []
             for i in keep_idx:
-                mask = (postprocess_logits(all_logits[i][None, None])[0, 0] > 0).numpy() & inside
-                outline = WsiSamPredictor._to_geometry(mask, chosen)
+                # upsampled and traced only around the object (engine.mask_window)
+                window = upsample_window(all_logits[i], PATCH_SIZE)
+                if window is None:
+                    continue
+                h, w = window.mask.shape
+                mask = (
+                    window.mask & inside[window.row : window.row + h, window.col : window.col + w]
+                )
+                outline = _window_outline(mask, window.row, window.col, chosen)
                 if outline is None:
                     continue
                 clipped = outline.intersection(geometry)
@@ -399,7 +424,7 @@ def segment_everything(
                         float(all_stability[i]),
                         (float(all_points[i][0]), float(all_points[i][1])),
                         chosen,
-                        _touches_border(mask),
+                        _touches_border(mask, window.row, window.col),
                     )
                 )
             timings["polygon"] += time.perf_counter() - t0

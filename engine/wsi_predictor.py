@@ -476,6 +476,45 @@ class WsiSamPredictor:
         logits, iou = self._decode(entry, prompts.to(self.model.device), mode, multimask)
         return logits.cpu(), iou.cpu(), encoded
 
+    @torch.inference_mode()
+    def decode_points(
+        self,
+        slide: Slide,
+        chosen: Field,
+        points: np.ndarray | torch.Tensor,
+        mode: Mode | str = "wsi-sam",
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """SAM's three candidates for each of B single positive points on one field.
+
+        What :meth:`decode_field` gives for the same prompts with ``multimask=True``, computed
+        by :class:`~engine.field_decoder.FieldDecoder` (the field's shared work done once per
+        batch; on the decoder runtime's converted field graphs when it has them): the decoder of
+        segment-everything's point grid.
+
+        Args:
+            slide: an open slide.
+            chosen: the field.
+            points: (B, 2) x, y in HR-patch pixels.
+            mode: "wsi-sam" or "sam".
+        Returns:
+            low-res mask logits (B, 3, 256, 256) float32 on the CPU, predicted IoU (B, 3), and
+            whether the field had to be encoded.
+        """
+        from engine.field_decoder import decode_points
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        entry, encoded = self._features(slide, chosen, need_lr=(mode == "wsi-sam"), timings={})
+        assert entry.hr is not None
+        device = self.model.device
+        coords = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 1, 2)
+        prompts = Prompts(points=coords, labels=torch.ones(len(coords), 1, dtype=torch.int64))
+        hr = entry.hr.to(device)
+        lr = entry.lr.to(device) if mode == "wsi-sam" and entry.lr is not None else None
+        static = self._hr_static(entry, hr) if lr is not None else None
+        logits, iou = decode_points(self.model, hr, lr, static, prompts.to(device))
+        return logits.float().cpu(), iou.float().cpu(), encoded
+
     def _decode(
         self, entry: _CachedField, prompts: Prompts, mode: str, multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:

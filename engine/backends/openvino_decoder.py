@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from engine.backends.openvino_backend import (
 )
 
 if TYPE_CHECKING:
+    from engine.backends.openvino_field_decoder import OpenVinoFieldDecoders
     from engine.wsi_sam import WsiSam
 
 logger = logging.getLogger(__name__)
@@ -234,6 +236,20 @@ class OpenVinoDecoders:
             threading.Thread(
                 target=self._prepare_shapes, name="openvino-decoder-shapes", daemon=True
             ).start()
+        # segment-everything's field graphs for the same heads, made on first use
+        self._model = weakref.ref(model)
+        self._field: OpenVinoFieldDecoders | None = None
+
+    def field_decoders(self) -> OpenVinoFieldDecoders:
+        """The field graphs (:mod:`engine.field_decoder`) for the same heads and precision."""
+        if self._field is None:
+            from engine.backends.openvino_field_decoder import OpenVinoFieldDecoders
+
+            model = self._model()
+            if model is None:
+                raise BackendError("the model these decoders were made for is gone")
+            self._field = OpenVinoFieldDecoders(model, self.precision)
+        return self._field
 
     def __deepcopy__(self, memo: dict[int, object]) -> None:
         # A copy of the model may get other heads (training): it decodes in torch.
