@@ -50,6 +50,9 @@ MAX_PLAUSIBLE_MPP = 50.0
 MAX_IN_MEMORY_PIXELS = 1 << 30
 # Synthetic (cached) pyramid levels are built in tiles of this many pixels a side.
 SYNTHETIC_TILE_SIZE = 512
+# read_scaled takes a pyramid level whose downsample is within this ratio of the wanted one as
+# exact (a 2.0005x level for 2x): its pixels are copied, not resampled
+LEVEL_SNAP = 1e-3
 DEFAULT_CACHE_BYTES = 256 << 20
 # OpenSlide's own reads are cut into pieces of at most this many pixels (bounded temporary memory).
 _MAX_READ_PIXELS = 4096 * 4096
@@ -244,7 +247,8 @@ class Slide:
         with ``(x, y) = location`` and ``d = downsample``. The data come from the coarsest level
         (real, or synthetic and cached) at or below ``d``, resized with an area filter when
         shrinking and bilinear when enlarging; reads aligned to that level's pixel grid are exact
-        copies. Outside the slide is white.
+        copies, and so are reads from a level within :data:`LEVEL_SNAP` of ``d`` (a scanner's
+        2.0005x level for 2x: placed to the nearest of its pixels). Outside the slide is white.
         """
         d = float(downsample)
         if not (math.isfinite(d) and d >= MIN_DOWNSAMPLE):
@@ -256,16 +260,23 @@ class Slide:
         if w == 0 or h == 0:
             return _white(w, h)
 
-        level = self.best_level_for_downsample(d)
+        # A level within LEVEL_SNAP of the wanted downsample counts as that downsample (scanners
+        # round their levels' sizes: Aperio's "2x" level is often 2.0005x)
+        level = self.best_level_for_downsample(d * (1.0 + LEVEL_SNAP))
         level_downsample = self.level_downsamples[level]
         factor = 1  # synthetic 2x2 averaging steps on top of the real level
-        while level_downsample * factor * 2 <= d * (1.0 + 1e-9):
+        while level_downsample * factor * 2 <= d * (1.0 + LEVEL_SNAP):
             factor *= 2
         source_downsample = level_downsample * factor
         scale = d / source_downsample  # source pixels per output pixel, < 2
         sx, sy = x / source_downsample, y / source_downsample
 
         if abs(scale - 1.0) < 1e-9 and _is_whole(sx) and _is_whole(sy):
+            return self._read_source(level, factor, round(sx), round(sy), w, h)
+        if 1e-9 <= abs(scale - 1.0) <= LEVEL_SNAP:
+            # A nearly exact level: copy its pixels (synthetic steps cached) instead of resizing
+            # the whole region by a hundredth of a percent; the grids differ by under half a
+            # pixel at the nearest source pixel and by under a pixel across 1,000 pixels.
             return self._read_source(level, factor, round(sx), round(sy), w, h)
 
         from PIL import Image

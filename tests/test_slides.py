@@ -364,3 +364,39 @@ def test_slide_copy_keeps_working(tmp_path: Path, slides_dir: Path) -> None:
     with open_slide(copy) as slide:
         assert slide.dimensions == (16, 16)
         assert slide.path == copy
+
+
+def test_a_nearly_exact_level_is_copied_not_resampled() -> None:
+    """A scanner's 2.0005x level answers a 2x read (and a 4x one through its cached 2x2
+    averages) by copying its pixels, placed to the nearest one, instead of resizing."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from engine.slides import LEVEL_SNAP, Slide, _ArrayBackend
+
+    rng = np.random.default_rng(0)
+    level0 = rng.integers(0, 255, (2001, 2001, 3), dtype=np.uint8)
+    level1 = rng.integers(0, 255, (1000, 1000, 3), dtype=np.uint8)  # downsample 2.001
+    slide = Slide(Path("nearly.tif"), _ArrayBackend([level0, level1], {}, None))
+    ds = slide.level_downsamples[1]
+    assert 1.0 < ds / 2.0 <= 1.0 + LEVEL_SNAP
+    out = slide.read_scaled((400.0, 600.0), 2.0, (300, 200))
+    col, row = round(400 / ds), round(600 / ds)
+    # a copy of the level's pixels, within a pixel of the exact place
+    assert any(
+        np.array_equal(out, level1[row + dy : row + dy + 200, col + dx : col + dx + 300])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+    # 4x: the level's 2x2 averages, cached, copied
+    out4 = slide.read_scaled((0.0, 0.0), 4.0, (64, 64))
+    block = level1[:128, :128].astype(np.uint16)
+    halved = (
+        (block[0::2, 0::2] + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2] + 2) // 4
+    ).astype(np.uint8)
+    assert np.array_equal(out4, halved)
+    # an exact level still resamples a fractional location (unchanged)
+    exact = Slide(Path("exact.tif"), _ArrayBackend([level0[:2000, :2000], level1], {}, None))
+    assert exact.level_downsamples[1] == 2.0
+    assert exact.read_scaled((1.0, 0.0), 2.0, (10, 10)).shape == (10, 10, 3)
