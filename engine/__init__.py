@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from engine.build import load_wsi_sam
     from engine.cleanup import CleanupSettings, clean_geometry
     from engine.device import select_device
     from engine.everything import (
@@ -88,7 +89,6 @@ if TYPE_CHECKING:
     from engine.slides import Slide, SlideError, open_slide
     from engine.weights import WeightsError, default_checkpoint_path, load_sam
     from engine.wsi_predictor import PromptError, SegmentResult, WsiSamPredictor
-    from engine.build import load_wsi_sam
     from engine.wsi_sam import WsiSam
 
 

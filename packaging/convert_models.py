@@ -3,12 +3,13 @@ decoders) and the shipped heads' decoders to OpenVINO IR for the bundle.
 
     python packaging/convert_models.py OUT_DIR [--checkpoint PATH]
 
-writes ``OUT_DIR/<model_key>/encoder.xml`` (+ ``.bin``; the stages graph under its own key), where ``<model_key>`` is the engine's own
-key for this checkpoint, this OpenVINO version and the encoder graph's version
-(``engine.backends.openvino_backend.model_key``). The spec copies ``OUT_DIR`` into the bundle as
-``openvino_models/``, the folder ``find_or_convert`` looks in first when the app is frozen
-(``bundled_models_dir()``), so a frozen app never converts. Folders of other keys (an older
-OpenVINO, another checkpoint) are removed; an IR already there for the current key is kept.
+writes ``OUT_DIR/<model_key>/encoder.xml`` (+ ``.bin``; the stages graph under its own key),
+where ``<model_key>`` is the engine's own key for this checkpoint, this OpenVINO version and the
+encoder graph's version (``engine.backends.openvino_backend.model_key``). The spec copies
+``OUT_DIR`` into the bundle as ``openvino_models/``, the folder ``find_or_convert`` looks in
+first when the app is frozen (``bundled_models_dir()``), so a frozen app never converts. Folders
+of other keys (an older OpenVINO, another checkpoint) are removed; an IR already there for the
+current key is kept.
 Prints the IR's path.
 """
 

@@ -40,13 +40,13 @@ from filelock import FileLock  # a dependency of torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.commands.eval import pair_images_and_masks
+from engine.build import load_wsi_sam
 from engine.evaluate import summarise
 from engine.train.data import ObjectSample, SlidePool, make_samples, usable
 from engine.train.features import FeatureCache
 from engine.train.holdout import evaluate_cached
 from engine.train.readers import read_label_map
 from engine.train.trainer import TrainConfig, load_train_state, prepare_items, train_heads
-from engine.build import load_wsi_sam
 from engine.wsi_sam import WsiSam
 
 PROMPTS = ("box", "3", "5", "10")

@@ -341,9 +341,9 @@ def test_augmentation_flips_jointly_and_keeps_masks_binary() -> None:
 def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> None:
     from shapely.geometry import box as shapely_box
 
+    from engine.build import load_wsi_sam
     from engine.train.loss import wsi_sam_loss
     from engine.train.prompts import area_downsample, noisy_box
-    from engine.build import load_wsi_sam
 
     disk = _synthetic_samples(tmp_path, 1)[0]
     # the left half of a purple disk: SAM's box answer tends to take the whole disk, so the
@@ -381,8 +381,8 @@ def test_short_training_lowers_the_loss_with_the_real_model(tmp_path: Path) -> N
 
 
 def test_evaluation_on_cached_features_matches_encoding(tmp_path: Path) -> None:
-    from engine.evaluate import evaluate
     from engine.build import load_wsi_sam
+    from engine.evaluate import evaluate
 
     samples = _synthetic_samples(tmp_path, 2)
     model = load_wsi_sam(heads="none", device="cpu")

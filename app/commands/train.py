@@ -145,10 +145,10 @@ def _terminate_cleanly(_signum: int, _frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from engine.build import load_wsi_sam
     from engine.train.features import FeatureCache
     from engine.train.holdout import model_card, score_heldout, split_holdout
     from engine.train.trainer import TrainConfig, train_heads
-    from engine.build import load_wsi_sam
 
     with contextlib.suppress(ValueError):  # not the main thread (tests calling run())
         signal.signal(signal.SIGTERM, _terminate_cleanly)
