@@ -35,9 +35,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
 
+    from engine.build import load_wsi_sam
     from engine.medsam import load_lite_medsam
     from engine.train.loss import wsi_sam_loss
-    from engine.build import load_wsi_sam
     from engine.wsi_sam import PatchFeatures, Prompts
 
     model = load_wsi_sam(heads="none", device=args.device)

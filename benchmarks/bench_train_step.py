@@ -98,8 +98,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from engine.backends import autocast, cpu_supports_bf16
-    from engine.train.loss import wsi_sam_loss
     from engine.build import load_wsi_sam
+    from engine.train.loss import wsi_sam_loss
 
     base = load_wsi_sam(heads="none", device="cpu", fast_decoders=False)
     torch.manual_seed(0)

@@ -33,12 +33,14 @@ __all__ = [
     "tune_settings",
 ]
 
+# Wide enough that the cross-validated optimum of glands and nuclei lies inside, not on an edge
+# (SELECTION_RULE.md, amendment of 23:00).
 SEARCH: dict[str, tuple[float, ...]] = {
-    "foreground_threshold": (0.4, 0.5, 0.6),
-    "centre_threshold": (0.3, 0.4, 0.5, 0.6),
-    "boundary_threshold": (0.3, 0.4, 0.5, 0.6),
-    "sigma": (0.5, 1.0, 2.0),
-    "min_seed_pixels": (1.0, 4.0, 8.0),
+    "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "centre_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "boundary_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "sigma": (0.0, 0.5, 1.0, 2.0, 3.0),
+    "min_seed_pixels": (0.0, 1.0, 4.0, 8.0, 16.0),
 }
 
 
