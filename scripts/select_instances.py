@@ -224,8 +224,6 @@ def evaluate_settings(
     return score_images(scores).as_dict()
 
 
-
-
 def search_settings(
     dataset: str, candidate: str, items: list[TrainingItem] | None = None
 ) -> dict[str, Any]:
@@ -533,6 +531,44 @@ def command_test(args: argparse.Namespace) -> None:
     raise SystemExit(status)
 
 
+def command_card(args: argparse.Namespace) -> None:
+    """The shipped decoder's card (``NAME.card.json``, tied to the file by its sha256): the test
+    figures of ``test`` beside the cross-validation's, so that ``wsi-sam heads list`` and the
+    Model menu show them."""
+    import csv
+
+    from engine.heads_catalogue import write_card
+    from engine.instances.checkpoint import shipped_decoders_dir
+
+    name = SHIPPED_NAMES[args.dataset]
+    rows = list(csv.reader((run_dir(args.dataset) / "test" / "results.csv").open()))
+    header_at = max(i for i, row in enumerate(rows) if row[:1] == ["method"])
+    header = rows[header_at]
+    scores = {
+        row[0]: {k: float(v) for k, v in zip(header[1:], row[1:], strict=True)}
+        for row in rows[header_at + 1 :]
+        if row
+    }
+    cv = json.loads((run_dir(args.dataset) / "cv" / "results.json").read_text())
+    final = json.loads((run_dir(args.dataset) / "final" / "summary.json").read_text())
+    images = int(next(iter(scores.values()))["images"])
+    decoder_row = next(method for method in scores if "grid" not in method.lower())
+    evaluation = {
+        "split": f"{DATASETS[args.dataset]['test'].parent.name}/Test_Folder",
+        "images": images,
+        "scores": scores[decoder_row],
+        "beside": {m: v for m, v in scores.items() if m != decoder_row},
+        "cross_validation": {r["candidate"]: r["summary"] for r in cv},
+        "train_seconds": final["train_seconds"],
+    }
+    notes = [
+        f"figures from runs/instances/{args.dataset}/test (scripts/select_instances.py test), "
+        "chosen by the rule in engine/instances/SELECTION_RULE.md",
+    ]
+    card = write_card(shipped_decoders_dir() / f"{name}.pt", evaluation, notes)
+    print(card)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -556,6 +592,9 @@ def main() -> None:
     test.add_argument("--no-grid", action="store_true")
     test.add_argument("--points-per-side", type=int, default=16)
     test.set_defaults(func=command_test)
+    card = sub.add_parser("card")
+    card.add_argument("--dataset", choices=DATASETS, required=True)
+    card.set_defaults(func=command_card)
     refine = sub.add_parser("refine")
     refine.add_argument("--dataset", choices=DATASETS, required=True)
     refine.add_argument("--candidate", required=True)

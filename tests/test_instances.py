@@ -205,6 +205,7 @@ def test_object_across_a_field_border_comes_back_once_and_whole(monkeypatch, tmp
         assert iou > 0.9
 
 
+@pytest.mark.slow  # uses the decoder trained in the module's fixture
 def test_glass_and_empty_regions_give_no_objects(trained, mobile_sam, tmp_path) -> None:
     import tifffile
 
