@@ -21,7 +21,6 @@ so the encoder and the encoded fields stay; the converted OpenVINO decoders are 
 from __future__ import annotations
 
 import functools
-import json
 import re
 import sys
 from collections import Counter
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import (
     QDialog,
@@ -41,10 +40,10 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QMessageBox,
-    QProgressDialog,
     QSpinBox,
 )
 
+from app.controllers.training_process import TrainingHost, TrainingProcess, free_path
 from app.session.settings import heads_choice, save_heads_choice
 
 PLAIN_SAM = "sam"
@@ -101,7 +100,7 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "heads"
 
 
-class HeadsController(QObject):
+class HeadsController(TrainingHost, QObject):
     """Model > Heads and Tools > Train heads from this project.
 
     Uses the window's ``engine``, ``project``, ``prompter``, ``set_mode``, ``slideOpened``.
@@ -118,12 +117,8 @@ class HeadsController(QObject):
         self._window = window
         self.current: str | None = None  # a heads path, PLAIN_SAM, or None (the default heads)
         self._project_seen: str | None = ""
-        self.process: QProcess | None = None
-        self.progress: QProgressDialog | None = None
+        self._run: TrainingProcess | None = None
         self._out: Path | None = None
-        self._cancelled = False
-        self._stderr = ""
-        self._stdout_buffer = ""
         self.last_progress: dict[str, Any] = {}
         #: where training keeps the encoded fields (None: the user's cache folder)
         self.feature_cache: Path | None = None
@@ -311,12 +306,7 @@ class HeadsController(QObject):
             return False
         folder = project_heads_dir(project)
         folder.mkdir(parents=True, exist_ok=True)
-        out = folder / f"{safe_name(request.name)}.pt"
-        if out.is_file():
-            stem, n = out.stem, 2
-            while (folder / f"{stem}-{n}.pt").is_file():
-                n += 1
-            out = folder / f"{stem}-{n}.pt"
+        out = free_path(folder, safe_name(request.name))  # never overwrite one
         return self.start_training(project, request, out)
 
     def start_training(self, project: str, request: TrainRequest, out: Path) -> bool:
@@ -326,50 +316,13 @@ class HeadsController(QObject):
 
             cache = cache_root() / "train-features"
         program, prefix = wsi_sam_program()
-        process = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(env)
-        process.readyReadStandardOutput.connect(self._on_stdout)
-        process.readyReadStandardError.connect(self._on_stderr)
-        process.finished.connect(self._on_finished)
-        self.process, self._out, self._cancelled = process, out, False
-        self._stderr, self._stdout_buffer, self.last_progress = "", "", {}
-        progress = QProgressDialog("Starting training…", "Cancel", 0, 0, self._window)
-        progress.setWindowTitle("Training heads")
-        progress.setMinimumDuration(0)
-        progress.setAutoClose(False)
-        progress.setAutoReset(False)
-        progress.canceled.connect(self.cancel)
-        progress.show()
-        self.progress = progress
-        process.start(program, [*prefix, *train_command(project, request, out, cache)])
-        return True
-
-    def cancel(self) -> None:
-        """Stop the training process (SIGTERM: it unwinds, removing any temporary file)."""
-        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
-            self._cancelled = True
-            self.process.terminate()
-
-    def _on_stdout(self) -> None:
-        assert self.process is not None
-        self._stdout_buffer += bytes(self.process.readAllStandardOutput().data()).decode(
-            "utf-8", "replace"
+        self._out, self.last_progress = out, {}
+        self._run = TrainingProcess(
+            self._window, "Training heads", self._show_progress, self._on_finished
         )
-        *lines, self._stdout_buffer = self._stdout_buffer.split("\n")
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                self._show_progress(record)
-
-    def _on_stderr(self) -> None:
-        assert self.process is not None
-        text = bytes(self.process.readAllStandardError().data()).decode("utf-8", "replace")
-        self._stderr = (self._stderr + text)[-20000:]
+        args = train_command(project, request, out, cache)
+        self._run.start(program, [*prefix, *args], "Starting training…")
+        return True
 
     def _show_progress(self, record: dict[str, Any]) -> None:
         self.last_progress = record
@@ -393,13 +346,9 @@ class HeadsController(QObject):
             dialog.setRange(0, 0)
             dialog.setLabelText(f"Validating on {record['objects']} held-out objects…")
 
-    def _on_finished(self, exit_code: int, _status: Any) -> None:
-        out, cancelled = self._out, self._cancelled
-        if self.progress is not None:
-            self.progress.canceled.disconnect(self.cancel)
-            self.progress.close()
-            self.progress = None
-        self.process = None
+    def _on_finished(self, exit_code: int, cancelled: bool, stderr: str) -> None:
+        out = self._out
+        self._run = None
         window = self._window
         if cancelled:
             message = (
@@ -410,7 +359,7 @@ class HeadsController(QObject):
             self.trainingFinished.emit("", message)
             return
         if exit_code != 0 or out is None or not out.is_file():
-            lines = [ln for ln in self._stderr.strip().splitlines() if ln.strip()]
+            lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
             detail = "\n".join(lines[-6:]) or f"exit status {exit_code}"
             window.prompter.error("Training failed", detail)
             self.trainingFinished.emit("", detail)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QComboBox,
@@ -32,12 +32,12 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMessageBox,
-    QProgressDialog,
     QSpinBox,
 )
 
 from app.commands.train_instances import REGION_CLASS
 from app.controllers.heads import _same_file, safe_name, wsi_sam_program
+from app.controllers.training_process import TrainingHost, TrainingProcess, free_path
 
 TITLE = "Train automatic segmentation"
 UNCLASSIFIED = "(unclassified)"  # how HeadsController.project_classes counts unclassified objects
@@ -87,7 +87,7 @@ def train_instances_command(
     return args
 
 
-class TrainInstancesController(QObject):
+class TrainInstancesController(TrainingHost, QObject):
     """Tools > Train automatic segmentation.
 
     Uses the window's ``heads`` (the project and its classes), ``everything`` (to use the new
@@ -101,14 +101,10 @@ class TrainInstancesController(QObject):
     def __init__(self, window: Any) -> None:
         super().__init__(window)
         self._window = window
-        self.process: QProcess | None = None
-        self.progress: QProgressDialog | None = None
+        self._run: TrainingProcess | None = None
         self._out: Path | None = None
         self._epochs = 0
         self._epoch = 1
-        self._cancelled = False
-        self._stderr = ""
-        self._stdout_buffer = ""
         self.last_progress: dict[str, Any] = {}
         #: where training keeps the encoded fields (None: the user's cache folder)
         self.feature_cache: Path | None = None
@@ -197,12 +193,7 @@ class TrainInstancesController(QObject):
             )
             return False
         folder.mkdir(parents=True, exist_ok=True)
-        out = folder / f"{safe_name(request.name)}.pt"
-        if out.is_file():  # never overwrite a decoder: the next free name
-            stem, n = out.stem, 2
-            while (folder / f"{stem}-{n}.pt").is_file():
-                n += 1
-            out = folder / f"{stem}-{n}.pt"
+        out = free_path(folder, safe_name(request.name))  # never overwrite one
         resume = False
         if state_file(out).is_file():
             answer = self.ask_resume(out.stem)
@@ -227,56 +218,14 @@ class TrainInstancesController(QObject):
 
             cache = cache_root() / "train-instance-features"
         program, prefix = wsi_sam_program()
-        process = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(env)
-        process.readyReadStandardOutput.connect(self._on_stdout)
-        process.readyReadStandardError.connect(self._on_stderr)
-        process.finished.connect(self._on_finished)
-        process.errorOccurred.connect(self._on_error)
-        self.process, self._out, self._cancelled = process, out, False
-        self._epochs, self._epoch = request.epochs, 1
-        self._stderr, self._stdout_buffer, self.last_progress = "", "", {}
+        self._out, self._epochs, self._epoch, self.last_progress = out, request.epochs, 1, {}
+        self._run = TrainingProcess(self._window, TITLE, self._show_progress, self._on_finished)
         label = "Resuming training…" if resume else "Starting training…"
-        progress = QProgressDialog(label, "Cancel", 0, 0, self._window)
-        progress.setWindowTitle(TITLE)
-        progress.setMinimumDuration(0)
-        progress.setAutoClose(False)
-        progress.setAutoReset(False)
-        progress.canceled.connect(self.cancel)
-        progress.show()
-        self.progress = progress
         args = train_instances_command(project, request, out, cache, resume)
-        process.start(program, [*prefix, *args])
+        self._run.start(program, [*prefix, *args], label)
         return True
 
-    def cancel(self) -> None:
-        """Stop the training process (SIGTERM: the last finished epoch stays, no decoder)."""
-        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
-            self._cancelled = True
-            self.process.terminate()
-
     # -- the running process ----------------------------------------------------------------
-    def _on_stdout(self) -> None:
-        assert self.process is not None
-        self._stdout_buffer += bytes(self.process.readAllStandardOutput().data()).decode(
-            "utf-8", "replace"
-        )
-        *lines, self._stdout_buffer = self._stdout_buffer.split("\n")
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                self._show_progress(record)
-
-    def _on_stderr(self) -> None:
-        assert self.process is not None
-        text = bytes(self.process.readAllStandardError().data()).decode("utf-8", "replace")
-        self._stderr = (self._stderr + text)[-20000:]
-
     def _show_progress(self, record: dict[str, Any]) -> None:
         self.last_progress = record
         dialog = self.progress
@@ -303,25 +252,9 @@ class TrainInstancesController(QObject):
                 dialog.setRange(0, 0)
                 dialog.setLabelText("Validating and writing the decoder…")
 
-    def _on_error(self, error: QProcess.ProcessError) -> None:
-        if error == QProcess.ProcessError.FailedToStart:  # no finished() follows
-            program = self.process.program() if self.process is not None else "wsi-sam"
-            self._end()
-            message = f"{program} could not be started."
-            self._window.prompter.error(TITLE, message)
-            self.trainingFinished.emit("", message)
-
-    def _end(self) -> None:
-        if self.progress is not None:
-            self.progress.canceled.disconnect(self.cancel)
-            self.progress.close()
-            self.progress.deleteLater()
-            self.progress = None
-        self.process = None
-
-    def _on_finished(self, exit_code: int, _status: Any) -> None:
-        out, cancelled = self._out, self._cancelled
-        self._end()
+    def _on_finished(self, exit_code: int, cancelled: bool, stderr: str) -> None:
+        out = self._out
+        self._run = None
         window = self._window
         written = exit_code == 0 and out is not None and out.is_file()
         if cancelled and not written:
@@ -333,7 +266,7 @@ class TrainInstancesController(QObject):
             self.trainingFinished.emit("", message)
             return
         if not written or out is None:
-            lines = [ln.strip() for ln in self._stderr.splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
             detail = lines[-1] if lines else f"wsi-sam train-instances: exit status {exit_code}"
             window.prompter.error("Training failed", detail)
             self.trainingFinished.emit("", detail)
