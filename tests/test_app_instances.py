@@ -46,6 +46,10 @@ def heads_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "user-heads"
     folder.mkdir()
     monkeypatch.setenv("WSI_SAM_HEADS_DIR", str(folder))
+    # the shipped decoders are left out here, so that the lists are the test's own
+    empty = tmp_path / "no-shipped-decoders"
+    empty.mkdir()
+    monkeypatch.setattr("engine.instances.checkpoint.shipped_decoders_dir", lambda: empty)
     return folder
 
 
