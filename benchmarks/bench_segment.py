@@ -119,6 +119,7 @@ def main() -> None:
     if reference is not None:
         reference()  # warm-up
     rows = []
+    profiles: list[tuple[str, str, list[dict[str, float]], list[dict[str, float]]]] = []
     with engine.open_slide(args.slide) as slide:
         width, height = slide.dimensions
         # prompts spread over the slide so that each "new field" run really is a new field
@@ -138,6 +139,8 @@ def main() -> None:
             for mode in ("sam", "wsi-sam"):
                 predictor = engine.WsiSamPredictor(model)
                 new_field, cached, points = [], [], []
+                stages_new: list[dict[str, float]] = []
+                stages_again: list[dict[str, float]] = []
                 for i, (cx, cy) in enumerate(centres):
                     box = (cx - 100, cy - 100, cx + 100, cy + 100)
                     predictor.clear_cache()
@@ -170,7 +173,10 @@ def main() -> None:
                         continue  # warm-up
                     new_field.append(t1 - t0)
                     cached.append((t2 - t1) / len(again))
+                    stages_new.append(first.timings)
+                    stages_again.extend(a.timings for a in again)
                 rows.append((label, mode, new_field, cached, points))
+                profiles.append((label, mode, stages_new, stages_again))
     ref_median = statistics.median(ref_times) if ref_times else None
     if ref_median is not None:
         print(
@@ -189,6 +195,16 @@ def main() -> None:
             f"{med_cached * 1e3:14.1f} / {min(cached) * 1e3:7.1f} "
             f"{statistics.median(points) * 1e3:14.1f} / {min(points) * 1e3:7.1f}"
         )
+    # the profile: where a prompt's time goes (the predictor's own stage timings, medians, ms)
+    print("\nprofile (median ms per stage: read, encode, decode, polygon)")
+    for label, mode, stages_new, stages_again in profiles:
+        for case, stages in (("new field", stages_new), ("re-prompt", stages_again)):
+            names = ("read", "encode", "decode", "polygon")
+            parts = [
+                f"{name} {statistics.median(t.get(name, 0.0) for t in stages) * 1e3:7.1f}"
+                for name in names
+            ]
+            print(f"{label:22} {mode:8} {case:10} " + ", ".join(parts))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
