@@ -371,7 +371,8 @@ def command_refine(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     n_objects = 0
     for fold in range(FOLDS):
-        for path in sorted(maps_dir(args.dataset, args.candidate, fold).glob("*.pt")):
+        paths = sorted(maps_dir(args.dataset, args.candidate, fold).glob("*.pt"))
+        for path in paths[: args.per_fold] if args.per_fold else paths:
             image = folder / "img" / path.stem
             gt = _ground_truth(args.dataset, path.stem)
             fields = label_map_fields(
@@ -408,6 +409,7 @@ def command_refine(args: argparse.Namespace) -> None:
     after = score_images(refined).as_dict()
     record = {
         "candidate": args.candidate,
+        "images": len(plain),
         "objects": n_objects,
         "seconds": round(time.perf_counter() - started, 1),
         "without": before,
@@ -597,6 +599,9 @@ def main() -> None:
     card.set_defaults(func=command_card)
     refine = sub.add_parser("refine")
     refine.add_argument("--dataset", choices=DATASETS, required=True)
+    refine.add_argument(
+        "--per-fold", type=int, default=0, help="only the first N held-out images of each fold"
+    )
     refine.add_argument("--candidate", required=True)
     refine.set_defaults(func=command_refine)
     args = parser.parse_args()
