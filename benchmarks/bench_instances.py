@@ -56,25 +56,28 @@ DEFAULT_IMAGE = (
 )
 
 
-def reference_encoder() -> tuple[str, Callable[[], object]]:
-    x = torch.randn(1, 3, 1024, 1024)
+def reference_encoder(device: torch.device) -> tuple[str, Callable[[], object]]:
+    x = torch.randn(1, 3, 1024, 1024, device=device)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from mobile_sam import sam_model_registry
 
         model = sam_model_registry["vit_t"](checkpoint=str(engine.default_checkpoint_path()))
-        model = model.eval()
+        model = model.to(device).eval()
         encoder = model.image_encoder
         name = "original MobileSAM encoder (torch f32)"
     except ImportError:
-        sam = engine.load_sam(device="cpu", backend="torch", precision="f32")
+        sam = engine.load_sam(device=device, backend="torch", precision="f32")
         encoder = sam.image_encoder
         name = "our TinyViT encoder, torch f32 (mobile_sam not installed)"
 
     def encode() -> object:
         with torch.inference_mode():
-            return encoder(x)
+            out = encoder(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
 
     return name, encode
 
@@ -116,7 +119,8 @@ def region_benchmark(args: argparse.Namespace) -> None:
     pool = real_tile_pool()
     if pool:
         bench_viewer.jpeg_tile_pool = lambda tile, variants, quality=80: pool  # type: ignore[assignment]
-    model = engine.load_wsi_sam(device="cpu", backend=args.backend, precision=args.precision)
+    device = engine.select_device(args.device)
+    model = engine.load_wsi_sam(device=device, backend=args.backend, precision=args.precision)
     decoder = read_decoder(
         resolve_decoder(args.decoder), encoder_sha256=model.sam.checkpoint_info.sha256
     )
@@ -166,12 +170,14 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--region-size", type=int, default=0, help="see above (0: off)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (the field benchmark)")
     args = parser.parse_args()
     if args.region_size:
         region_benchmark(args)
         return
 
-    model = engine.load_wsi_sam(device="cpu", backend=args.backend, precision=args.precision)
+    device = engine.select_device(args.device)
+    model = engine.load_wsi_sam(device=device, backend=args.backend, precision=args.precision)
     decoder = read_decoder(
         resolve_decoder(args.decoder), encoder_sha256=model.sam.checkpoint_info.sha256
     )
@@ -192,7 +198,7 @@ def main() -> None:
         model, magnification=decoder.magnification, default_magnification=args.image_magnification
     )
     grid = EverythingSettings(points_per_side=args.points_per_side)
-    ref_name, reference = reference_encoder()
+    ref_name, reference = reference_encoder(device)
     reference()  # warm-up
     print(
         f"image {args.image.name} ({width} x {height}), decoder {decoder.name} at "

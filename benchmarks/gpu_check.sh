@@ -8,6 +8,8 @@
 #   3. benchmarks/bench_segment.py --device cuda, torch in f32 and half precision (new field and
 #      re-prompt, both modes), and benchmarks/bench_sam.py (our encoder and decoder against the
 #      reference MobileSAM on the GPU); both give ratios to the reference when it is installed
+#   4. benchmarks/bench_instances.py --device cuda: the glands and nuclei instance decoders
+#      against the point grid, per 1024x1024 field, with a reference encode in the same run
 # and prints the figures; everything it prints is also written to a log (see --log).
 #
 #   bash benchmarks/gpu_check.sh [options]
@@ -184,6 +186,17 @@ else
     echo "NOTE: bench_segment.py has neither --backends nor --precision: one run in the engine's" \
         "default precision on the GPU (auto: bf16 where supported, else fp16)"
     "${seg[@]}" || failures+=("bench_segment.py --device cuda")
+fi
+
+step "benchmarks/bench_instances.py --device cuda: the glands and nuclei decoders against the grid"
+nuclei_image=$(ls "$ROOT"/../shared/datasets/MoNuSeg_instances__bruceyang2012/Test_Folder/img/*.png \
+    2>/dev/null | head -n 1 || true)
+"$VPY" "$ROOT/benchmarks/bench_instances.py" --device cuda --backend torch --runs "$RUNS" \
+    || failures+=("bench_instances.py --decoder glands")
+if [ -n "$nuclei_image" ]; then
+    "$VPY" "$ROOT/benchmarks/bench_instances.py" --device cuda --backend torch --runs "$RUNS" \
+        --decoder nuclei --image "$nuclei_image" --image-magnification 40 \
+        || failures+=("bench_instances.py --decoder nuclei")
 fi
 
 if [ "$REFERENCE" = 1 ]; then
