@@ -283,3 +283,16 @@ def test_merge_objects_is_order_free_for_cut_copies() -> None:
     )
     merged = merge_objects([a], [b], 0.5)
     assert len(merged) == 1 and merged[0].geometry.equals(b.geometry)
+
+
+def test_refinement_follows_the_decoders_recommendation() -> None:
+    from types import SimpleNamespace
+
+    from engine.instances.refine import refinement_wanted
+
+    recommends = SimpleNamespace(metadata={"refine_by_default": True})
+    silent = SimpleNamespace(metadata={})
+    assert refinement_wanted(recommends) and not refinement_wanted(silent)
+    assert refinement_wanted(silent, "on") and not refinement_wanted(recommends, "off")
+    with pytest.raises(ValueError, match="refinement must be one of"):
+        refinement_wanted(silent, "maybe")

@@ -41,7 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--points-per-side", type=positive_int, default=16, help="grid points per field side"
     )
-    parser.add_argument("--mode", choices=("wsi-sam", "sam"), default="wsi-sam", help="grid mode")
+    parser.add_argument(
+        "--mode",
+        choices=("wsi-sam", "sam"),
+        default="wsi-sam",
+        help="grid mode (and the refinement's)",
+    )
+    parser.add_argument(
+        "--refine-instances",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="refine each decoder object with WSI-SAM (auto: as the decoder recommends)",
+    )
     parser.add_argument(
         "--region-class",
         default="Region*",
@@ -67,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from app.commands.segment_many import load_decoder
     from engine.everything import EverythingSettings, segment_everything
     from engine.instances.evaluate import evaluate_methods, write_instance_reports
+    from engine.instances.refine import field_refiner, refinement_wanted
     from engine.instances.segment import segment_instances
 
     try:
@@ -87,16 +99,28 @@ def run(args: argparse.Namespace) -> int:
     for decoder in decoders:
 
         def run_decoder(case: Any, d: Any = decoder) -> list[Any]:
+            refine = field_refiner(
+                model,
+                d,
+                case.slide,
+                args.image_magnification,
+                mode=args.mode,
+                choice=args.refine_instances,
+            )
             result = segment_instances(
                 model.sam,
                 d,
                 case.slide,
                 case.region,
                 default_magnification=args.image_magnification,
+                refine=refine,
             )
             return [o.geometry for o in result.objects]
 
-        methods[f"decoder {decoder.name}"] = run_decoder
+        refined = refinement_wanted(decoder, args.refine_instances)
+        methods[f"decoder {decoder.name}" + (" + WSI-SAM refinement" if refined else "")] = (
+            run_decoder
+        )
     if args.grid:
         predictor = engine.WsiSamPredictor(
             model,

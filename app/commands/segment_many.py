@@ -322,29 +322,24 @@ def _run_region_instances(
     )
     total = len(
         tile_fields(
-            slide, geometry, decoder.magnification, settings.tile_overlap,
+            slide,
+            geometry,
+            decoder.magnification,
+            settings.tile_overlap,
             args.level0_magnification,
         )
     )
-    refine = None
-    wanted = args.refine_instances == "on" or (
-        args.refine_instances == "auto" and bool(decoder.metadata.get("refine_by_default"))
+    from engine.instances.refine import field_refiner
+
+    refine = field_refiner(
+        predictor.model,
+        decoder,
+        slide,
+        args.level0_magnification,
+        mode=args.mode,
+        choice=args.refine_instances,
     )
-    if wanted:
-        import engine
-        from engine.instances.refine import refine_objects
-
-        # WSI-SAM on the decoder's own fields: one more encode per field, then batched prompts
-        refiner = engine.WsiSamPredictor(
-            predictor.model,
-            magnification=decoder.magnification,
-            adaptive=False,
-            default_magnification=args.level0_magnification,
-        )
-
-        def refine(objects: list[Any]) -> list[Any]:
-            return refine_objects(refiner, slide, objects[0].field, objects, mode=args.mode)
-
+    if refine is not None:
         from engine.provenance import heads_identity
 
         args.refined_with = heads_identity(predictor.model, args.mode)[0]

@@ -172,21 +172,25 @@ class EverythingController(QObject):
 
         def job(predictor: Any, slide: Any, progress: Any, cancelled: Any) -> Any:
             if decoder is not None:
+                from engine.instances.refine import field_refiner
                 from engine.instances.segment import InstanceSettings, segment_instances
 
                 limits = InstanceSettings(
                     min_area=settings.min_area if settings.min_area > 0 else None,
                     max_area=settings.max_area,
                 )
+                magnification = getattr(predictor, "default_magnification", 40.0)
                 found = segment_instances(
                     predictor.model.sam,
                     decoder,
                     slide,
                     region,
                     limits,
-                    default_magnification=getattr(predictor, "default_magnification", 40.0),
+                    default_magnification=magnification,
                     progress=progress,
                     cancel=cancelled,
+                    # as the decoder's cross-validation recommends (SELECTION_RULE.md)
+                    refine=field_refiner(predictor.model, decoder, slide, magnification, mode),
                 )
             else:
                 from engine.everything import segment_everything
@@ -236,8 +240,15 @@ class EverythingController(QObject):
         request, self._request = self._request, None
         window = self._window
         decoder = request["decoder"]
+        refined_with = None
         if decoder is not None:
+            from engine.instances.refine import refinement_wanted
+
             method = f"decoder {decoder.name} ({decoder.magnification:g}x)"
+            if refinement_wanted(decoder) and model is not None:
+                from engine.provenance import heads_identity
+
+                refined_with = heads_identity(model, request["mode"])[0]
         else:
             method = f"the point grid ({'SAM' if request['mode'] == 'sam' else 'WSI-SAM'})"
         if not found.objects:
@@ -270,6 +281,7 @@ class EverythingController(QObject):
                         decoder.sha256 or "",
                         field=obj.field,
                         score=obj.score,
+                        refined_with=refined_with,
                         app_version=app_version(),
                     )
                 else:

@@ -475,8 +475,15 @@ def _run_everything(
 
     settings = work.everything
     decoder = None
+    refined_with = None
     if work.instances is not None:
+        from engine.instances.refine import refinement_wanted
+
         decoder = _decoder(work.instances, predictor.model.sam.checkpoint_info.sha256)
+        if refinement_wanted(decoder):
+            from engine.provenance import heads_identity
+
+            refined_with = heads_identity(predictor.model, mode)[0]
     found: list[tuple[int, Any, PromptSpec]] = []
     for index, spec in enumerate(specs):
         if spec.problem or spec.geometry is None:
@@ -484,6 +491,7 @@ def _run_everything(
             continue
         try:
             if decoder is not None:
+                from engine.instances.refine import field_refiner
                 from engine.instances.segment import InstanceSettings, segment_instances
 
                 limits = InstanceSettings(
@@ -497,6 +505,10 @@ def _run_everything(
                     spec.geometry,
                     limits,
                     default_magnification=predictor.default_magnification,
+                    # as the decoder's cross-validation recommends (SELECTION_RULE.md)
+                    refine=field_refiner(
+                        predictor.model, decoder, slide, predictor.default_magnification, mode
+                    ),
                 )
             else:
                 result = segment_everything(predictor, slide, spec.geometry, mode, settings)
@@ -513,7 +525,11 @@ def _run_everything(
         number = numbers[index] = numbers.get(index, -1) + 1
         if decoder is not None:
             provenance = Provenance.from_decoder(
-                decoder.name, decoder.sha256 or "", field=obj.field, score=obj.score
+                decoder.name,
+                decoder.sha256 or "",
+                field=obj.field,
+                score=obj.score,
+                refined_with=refined_with,
             )
             measurements, metadata = provenance.measurements(), provenance.metadata()
         else:

@@ -8,7 +8,8 @@ figure, and it is the default only where it does (``SELECTION_RULE.md``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +23,49 @@ from engine.slides import Slide
 from engine.wsi_predictor import WsiSamPredictor
 from engine.wsi_sam import LOWRES_SIZE, Prompts
 
-__all__ = ["refine_objects"]
+__all__ = ["REFINE_CHOICES", "field_refiner", "refine_objects", "refinement_wanted"]
+
+#: ``auto``: as the decoder's cross-validation recommends (its ``refine_by_default``)
+REFINE_CHOICES = ("auto", "on", "off")
+RefineChoice = Literal["auto", "on", "off"]
+
+
+def refinement_wanted(decoder: Any, choice: str = "auto") -> bool:
+    """Whether ``decoder``'s objects are refined: ``on``, ``off``, or (``auto``) what the
+    decoder's metadata recommends."""
+    if choice not in REFINE_CHOICES:
+        raise ValueError(f"refinement must be one of {REFINE_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice == "on"
+    return bool(getattr(decoder, "metadata", {}).get("refine_by_default"))
+
+
+def field_refiner(
+    model: Any,
+    decoder: Any,
+    slide: Slide,
+    default_magnification: float,
+    mode: str = "wsi-sam",
+    choice: str = "auto",
+) -> Callable[[list[EverythingObject]], list[EverythingObject]] | None:
+    """The ``refine`` argument of :func:`engine.instances.segment.segment_instances` for this
+    decoder (None where it is not wanted): WSI-SAM on the decoder's own fields, one more encode
+    per field, then the field's objects as batched prompts."""
+    if not refinement_wanted(decoder, choice):
+        return None
+    predictor = WsiSamPredictor(
+        model,
+        magnification=decoder.magnification,
+        adaptive=False,
+        default_magnification=default_magnification,
+    )
+
+    def refine(objects: list[EverythingObject]) -> list[EverythingObject]:
+        refined = refine_objects(predictor, slide, objects[0].field, objects, mode=mode)
+        predictor.clear_cache()  # fields are streamed: keep one field's features at a time
+        return refined
+
+    return refine
 
 
 @torch.inference_mode()
