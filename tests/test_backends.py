@@ -88,9 +88,9 @@ def test_openvino_model_is_converted_once_into_the_cache_keyed_by_checkpoint(
     conversions: list[Path] = []
     original = ovb.convert_encoder
 
-    def counting(encoder, folder):  # type: ignore[no-untyped-def]
+    def counting(encoder, folder, *graph):  # type: ignore[no-untyped-def]
         conversions.append(folder)
-        return original(encoder, folder)
+        return original(encoder, folder, *graph)
 
     monkeypatch.setattr(ovb, "convert_encoder", counting)
     sha = torch_sam.checkpoint_info.sha256
