@@ -294,26 +294,30 @@ def test_openvino_hr_static_features_equal_torch(ov_wsi_sam, real_field) -> None
 
 
 def test_openvino_decoders_compile_the_prompt_shapes_statically(ov_wsi_sam, real_field) -> None:  # type: ignore[no-untyped-def]
-    """The first call with new shapes answers on the dynamic graph and has the static one
-    compiled in the background; later calls use it, with the same answer."""
-    import time
+    """The first prompts' shapes are compiled statically when the decoders are made (in the
+    loading thread, with the process's locale kept); other shapes answer on the dynamic graph,
+    with the same answer, and start no compilation behind it."""
+    import locale
+    import threading
 
     from engine.backends.openvino_decoder import OpenVinoDecoders
     from engine.wsi_sam import Prompts
 
     model = ov_wsi_sam
-    decoders = OpenVinoDecoders(model, "f32", prepare=False)
+    before = locale.setlocale(locale.LC_ALL)
+    threads = threading.active_count()
+    prepared = OpenVinoDecoders(model, "f32")
+    assert locale.setlocale(locale.LC_ALL) == before and threading.active_count() == threads
+    lazy = OpenVinoDecoders(model, "f32", prepare=False)
     hr, _ = real_field
     with torch.inference_mode():
         sparse, dense = model._embed_prompts(Prompts(boxes=torch.tensor([[400.0, 400, 600, 620]])))
         inputs = (hr.embedding, sparse, dense.contiguous())
-        assert decoders.static_shapes() == []
-        dynamic, dynamic_iou = decoders.decode_sam(*inputs)
         shapes = tuple(tuple(t.shape) for t in inputs)
-        deadline = time.monotonic() + 600
-        while ("decode_sam", shapes) not in decoders.static_shapes():
-            assert time.monotonic() < deadline, "the static graph was never compiled"
-            time.sleep(0.2)
-        static, static_iou = decoders.decode_sam(*inputs)
+        assert ("decode_sam", shapes) in prepared.static_shapes()
+        assert lazy.static_shapes() == []
+        static, static_iou = prepared.decode_sam(*inputs)
+        dynamic, dynamic_iou = lazy.decode_sam(*inputs)
+        assert lazy.static_shapes() == [] and threading.active_count() == threads
     torch.testing.assert_close(static, dynamic, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(static_iou, dynamic_iou, rtol=1e-4, atol=1e-4)

@@ -105,7 +105,11 @@ def openvino_cpu_capabilities() -> tuple[str, ...]:
     """OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (e.g. FP32, BF16, FP16, INT8)."""
     import openvino as ov
 
-    return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    from engine.backends.openvino_backend import openvino_guard
+
+    with openvino_guard():  # a new Core reads its plugins' XML (see openvino_guard)
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return tuple(str(c) for c in capabilities)
 
 
 def cpu_supports_bf16() -> bool:

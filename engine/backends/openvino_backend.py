@@ -13,6 +13,9 @@ frozen app never converts. ``WSI_SAM_CACHE_DIR`` moves the cache (e.g. to a shar
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import locale
 import logging
 import os
 import shutil
@@ -21,6 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,40 @@ from torch import nn
 
 from engine.backends import BackendError
 from engine.sam.tiny_vit import TinyViT
+
+# OpenVINO switches the process to the C locale while it reads or writes a graph and then puts
+# the previous one back; two threads doing that at once can leave the whole process in the C
+# locale (every file is then read as ASCII). Conversions, graph reads and compilations therefore
+# run one at a time, and the locale is put back after each. At exit no new one starts and the
+# one in flight is waited for: a daemon thread killed inside OpenVINO aborts the interpreter.
+_OPENVINO_LOCK = threading.RLock()
+_EXITING = threading.Event()
+
+
+class OpenVinoShutdownError(RuntimeError):
+    """The interpreter is exiting: no more OpenVINO graphs are made."""
+
+
+@contextlib.contextmanager
+def openvino_guard() -> Iterator[None]:
+    """Run an OpenVINO conversion, graph read or compilation: one at a time, locale kept."""
+    with _OPENVINO_LOCK:
+        if _EXITING.is_set():
+            raise OpenVinoShutdownError("the interpreter is exiting")
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            yield
+        finally:
+            if locale.setlocale(locale.LC_ALL) != saved:
+                locale.setlocale(locale.LC_ALL, saved)
+
+
+@atexit.register
+def _wait_for_openvino() -> None:
+    _EXITING.set()
+    with _OPENVINO_LOCK:
+        pass
+
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +154,13 @@ def convert_encoder(encoder: TinyViT, folder: Path, graph: str = "encoder") -> P
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about the encoder's shape checks, which are constant for one input size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        converted = ov.convert_model(module, example_input=example)
+        with openvino_guard():
+            converted = ov.convert_model(module, example_input=example)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        ov.save_model(converted, tmp / IR_NAME, compress_to_fp16=False)
+        with openvino_guard():
+            ov.save_model(converted, tmp / IR_NAME, compress_to_fp16=False)
         try:
             tmp.rename(folder)
         except OSError:
@@ -161,11 +201,13 @@ def openvino_core():  # type: ignore[no-untyped-def]
     """An ``openvino.Core`` with the compiled-model cache in our cache folder (when writable)."""
     import openvino as ov
 
-    core = ov.Core()
+    with openvino_guard():
+        core = ov.Core()
     compiled_cache = cache_root() / "openvino" / "compiled"
     try:
         compiled_cache.mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": str(compiled_cache)})
+        with openvino_guard():
+            core.set_property({"CACHE_DIR": str(compiled_cache)})
     except OSError:
         logger.info("OpenVINO compiled-model cache unavailable at %s", compiled_cache)
     return core
@@ -212,7 +254,8 @@ class OpenVinoImageEncoder:
 
     def _compile(self, ir_path: Path):  # type: ignore[no-untyped-def]
         try:
-            return openvino_core().compile_model(str(ir_path), "CPU", self._config)
+            with openvino_guard():
+                return openvino_core().compile_model(str(ir_path), "CPU", self._config)
         except RuntimeError as exc:
             reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
             raise BackendError(

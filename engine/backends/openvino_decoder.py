@@ -39,6 +39,7 @@ from engine.backends.openvino_backend import (
     bundled_models_dir,
     cache_root,
     openvino_core,
+    openvino_guard,
 )
 
 if TYPE_CHECKING:
@@ -164,10 +165,12 @@ def convert_decoders(model: WsiSam, folder: Path) -> None:
         for name in _GRAPHS:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                converted = ov.convert_model(
-                    modules[name].eval(), example_input=examples[name], input=shapes[name]
-                )
-            ov.save_model(converted, tmp / f"{name}.xml", compress_to_fp16=False)
+                with openvino_guard():
+                    converted = ov.convert_model(
+                        modules[name].eval(), example_input=examples[name], input=shapes[name]
+                    )
+            with openvino_guard():
+                ov.save_model(converted, tmp / f"{name}.xml", compress_to_fp16=False)
         try:
             tmp.rename(folder)
         except OSError:
@@ -216,10 +219,11 @@ class OpenVinoDecoders:
             "PERFORMANCE_HINT": "LATENCY",
         }
         try:
-            self._compiled = {
-                name: core.compile_model(str(folder / f"{name}.xml"), "CPU", config)
-                for name in _GRAPHS
-            }
+            with openvino_guard():
+                self._compiled = {
+                    name: core.compile_model(str(folder / f"{name}.xml"), "CPU", config)
+                    for name in _GRAPHS
+                }
         except RuntimeError as exc:
             reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
             raise BackendError(
@@ -233,9 +237,10 @@ class OpenVinoDecoders:
         self._static_pending: set[tuple[str, tuple[tuple[int, ...], ...]]] = set()
         self._static_lock = threading.Lock()
         if prepare:
-            threading.Thread(
-                target=self._prepare_shapes, name="openvino-decoder-shapes", daemon=True
-            ).start()
+            # Compiled here, in the loading thread, not in the background: OpenVINO switches
+            # the process to the C locale while it compiles, and another thread's file I/O
+            # would then read text as ASCII (see openvino_guard).
+            self._prepare_shapes()
         # segment-everything's field graphs for the same heads, made on first use
         self._model = weakref.ref(model)
         self._field: OpenVinoFieldDecoders | None = None
@@ -271,9 +276,9 @@ class OpenVinoDecoders:
     def _compiled_for(
         self, name: str, shapes: tuple[tuple[int, ...], ...], wait: bool = False
     ) -> tuple[Any, Any]:
-        """The graph compiled for exactly these input shapes when there is one, else the
-        dynamic-shape graph (and the static one is compiled in the background for the next
-        call); with the key of its inference requests.
+        """The graph compiled for exactly these input shapes when there is one (``wait``:
+        compiled now), else the dynamic-shape graph; with the key of its inference requests.
+        The shapes of the first prompts are compiled when the decoders are made.
 
         A graph reshaped to static shapes does about a quarter less work per decode on a CPU
         than the dynamic one (OpenVINO plans its kernels once); a prompt's shapes change only
@@ -295,9 +300,8 @@ class OpenVinoDecoders:
             if wait:
                 self._compile_static(key)
                 return self._compiled_for(name, shapes)
-            threading.Thread(
-                target=self._compile_static, args=(key,), name="openvino-decoder-shape", daemon=True
-            ).start()
+            with self._static_lock:  # other shapes: the dynamic graph (no compile behind it)
+                self._static_pending.discard(key)
         return self._compiled[name], name
 
     def _compile_static(self, key: tuple[str, tuple[tuple[int, ...], ...]]) -> None:
@@ -306,16 +310,17 @@ class OpenVinoDecoders:
         name, shapes = key
         compiled = None
         try:
-            graph = self._core.read_model(str(self.folder / f"{name}.xml"))
-            ports = graph.inputs
-            graph.reshape(
-                {
-                    port: ov.PartialShape(list(shape))
-                    for port, shape in zip(ports, shapes, strict=True)
-                }
-            )
-            compiled = self._core.compile_model(graph, "CPU", self._config)
-        except Exception as exc:  # the dynamic graph keeps answering
+            with openvino_guard():
+                graph = self._core.read_model(str(self.folder / f"{name}.xml"))
+                ports = graph.inputs
+                graph.reshape(
+                    {
+                        port: ov.PartialShape(list(shape))
+                        for port, shape in zip(ports, shapes, strict=True)
+                    }
+                )
+                compiled = self._core.compile_model(graph, "CPU", self._config)
+        except Exception as exc:  # the dynamic graph keeps answering (also at exit)
             logger.info("OpenVINO decoder %s not compiled for shapes %s: %s", name, shapes, exc)
         with self._static_lock:
             self._static_pending.discard(key)

@@ -32,6 +32,7 @@ from engine.backends.openvino_backend import (
     bundled_models_dir,
     cache_root,
     openvino_core,
+    openvino_guard,
 )
 from engine.backends.openvino_decoder import heads_digest
 from engine.field_decoder import FieldDecoder
@@ -118,8 +119,10 @@ def convert_field_graph(model: WsiSam, graph: str, folder: Path) -> None:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            converted = ov.convert_model(module.eval(), example_input=example, input=shapes)
-        ov.save_model(converted, tmp / f"{graph}.xml", compress_to_fp16=False)
+            with openvino_guard():
+                converted = ov.convert_model(module.eval(), example_input=example, input=shapes)
+        with openvino_guard():
+            ov.save_model(converted, tmp / f"{graph}.xml", compress_to_fp16=False)
         try:
             tmp.rename(folder)
         except OSError:
@@ -177,9 +180,10 @@ class OpenVinoFieldDecoders:
                 "PERFORMANCE_HINT": "LATENCY",
             }
             try:
-                compiled = openvino_core().compile_model(
-                    str(folder / f"{graph}.xml"), "CPU", config
-                )
+                with openvino_guard():
+                    compiled = openvino_core().compile_model(
+                        str(folder / f"{graph}.xml"), "CPU", config
+                    )
             except RuntimeError as exc:
                 reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
                 raise BackendError(
