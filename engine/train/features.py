@@ -17,6 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def encoder_fingerprint(model: WsiSam | Sam) -> str:
     Different weights -> different cache entries; so does a half-precision encoder (bf16 features
     differ from f32 ones by ~2e-4 in cosine), while torch and OpenVINO in f32 share entries.
     """
-    sam = model.sam if isinstance(model, WsiSam) else model
+    sam: Any = getattr(model, "sam", model)  # a WsiSam (or a stand-in with its interface), a Sam
     digest = hashlib.sha256()
     params = list(sam.image_encoder.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
