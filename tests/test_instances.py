@@ -296,3 +296,17 @@ def test_refinement_follows_the_decoders_recommendation() -> None:
     assert refinement_wanted(silent, "on") and not refinement_wanted(recommends, "off")
     with pytest.raises(ValueError, match="refinement must be one of"):
         refinement_wanted(silent, "maybe")
+
+
+def test_objects_on_bare_glass_are_dropped_and_glands_with_lumens_kept() -> None:
+    from engine.instances.segment import drop_glass
+
+    image = np.full((1024, 1024, 3), 243, np.uint8)  # glass
+    image[512:, :] = (180, 90, 160)  # stained tissue in the lower half
+    image[700:800, 100:200] = 240  # a lumen: a white hole inside a gland's epithelium
+    labels = np.zeros((256, 256), np.int32)
+    labels[10:60, 10:60] = 1  # on glass
+    labels[160:220, 10:70] = 2  # a gland with its lumen
+    kept = drop_glass(labels, image)
+    assert set(np.unique(kept)) == {0, 2} and (kept == 2).sum() == (labels == 2).sum()
+    assert drop_glass(np.zeros_like(labels), image).max() == 0

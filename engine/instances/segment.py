@@ -91,6 +91,37 @@ def decode_field(
     return decoder(maps)[0].float().cpu()
 
 
+GLASS_MIN_RGB = 200  # a pixel whose darkest channel is above this...
+GLASS_MAX_SPREAD = 20  # ...and whose channels differ by less than this is bare glass
+GLASS_FRACTION = 0.9  # an object this much glass is not an object
+
+
+def drop_glass(labels: NDArray[np.int32], hr_image: NDArray[np.uint8]) -> NDArray[np.int32]:
+    """(W, W) labels without the objects that lie almost wholly on bare glass (near-white,
+    unstained pixels of the (1024, 1024, 3) field image): a decoder may see "something" in an
+    empty area, a pathologist never does. Lumens inside glands keep their epithelium, so real
+    objects stay."""
+    work = labels.shape[0]
+    if not labels.any():
+        return labels
+    factor = hr_image.shape[0] // work
+    pixels = hr_image[: work * factor, : work * factor].astype(np.int16)
+    darkest, brightest = pixels.min(axis=2), pixels.max(axis=2)
+    glass = (darkest > GLASS_MIN_RGB) & (brightest - darkest < GLASS_MAX_SPREAD)
+    if factor > 1:
+        glass = glass.reshape(work, factor, work, factor).mean(axis=(1, 3)) > 0.5
+    count = int(labels.max())
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    on_glass = np.bincount(labels.ravel(), weights=glass.ravel(), minlength=count + 1)
+    dropped = on_glass > GLASS_FRACTION * np.maximum(sizes, 1)
+    dropped[0] = False
+    if not dropped.any():
+        return labels
+    out = labels.copy()
+    out[dropped[labels]] = 0
+    return out
+
+
 def field_objects(
     labels: NDArray[np.int32],
     probabilities: NDArray[np.float32],
@@ -198,6 +229,7 @@ def segment_instances(
         probabilities = maps_to_probabilities(logits, work)
         valid = inside_slide(slide, chosen, work)
         labels = instances_from_maps(probabilities, model.watershed, model.config.out_size, valid)
+        labels = drop_glass(labels, np.asarray(hr))
         timings["watershed"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         new = field_objects(labels, probabilities, chosen, geometry)
