@@ -124,7 +124,7 @@ def main() -> None:
         width, height = slide.dimensions
         # prompts spread over the slide so that each "new field" run really is a new field
         centres = [
-            (width * (0.25 + 0.5 * i / max(args.runs - 1, 1)), height * (0.3 + 0.4 * (i % 2)))
+            (width * (0.25 + 0.5 * i / max(args.runs, 1)), height * (0.3 + 0.4 * (i % 2)))
             for i in range(args.runs + 1)
         ]
         for backend, precision in specs:
