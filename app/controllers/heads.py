@@ -32,7 +32,6 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import (
     QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
     QLineEdit,
@@ -43,7 +42,13 @@ from PySide6.QtWidgets import (
     QSpinBox,
 )
 
-from app.controllers.training_process import TrainingHost, TrainingProcess, free_path
+from app.controllers.training_process import (
+    TrainingHost,
+    TrainingProcess,
+    add_ok_cancel,
+    checked_names,
+    free_path,
+)
 from app.session.settings import heads_choice, save_heads_choice
 
 PLAIN_SAM = "sam"
@@ -402,19 +407,10 @@ class TrainDialog(QDialog):
         self.magnification.setRange(1.0, 80.0)
         self.magnification.setValue(20.0)
         layout.addRow("Image magnification (when the slide does not say)", self.magnification)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout.addRow(buttons)
+        add_ok_cancel(self, layout)
 
     def request(self) -> TrainRequest:
-        chosen = [
-            str(self.classes.item(i).data(Qt.ItemDataRole.UserRole))
-            for i in range(self.classes.count())
-            if self.classes.item(i).checkState() == Qt.CheckState.Checked
-        ]
+        chosen = checked_names(self.classes)
         return TrainRequest(
             classes=[c for c in chosen if c != "(unclassified)"],
             name=self.name.text(),

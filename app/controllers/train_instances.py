@@ -25,7 +25,6 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
-    QDialogButtonBox,
     QFormLayout,
     QLabel,
     QLineEdit,
@@ -37,7 +36,13 @@ from PySide6.QtWidgets import (
 
 from app.commands.train_instances import REGION_CLASS
 from app.controllers.heads import _same_file, safe_name, wsi_sam_program
-from app.controllers.training_process import TrainingHost, TrainingProcess, free_path
+from app.controllers.training_process import (
+    TrainingHost,
+    TrainingProcess,
+    add_ok_cancel,
+    checked_names,
+    free_path,
+)
 
 TITLE = "Train automatic segmentation"
 UNCLASSIFIED = "(unclassified)"  # how HeadsController.project_classes counts unclassified objects
@@ -334,19 +339,10 @@ class TrainInstancesDialog(QDialog):
         self.epochs.setRange(1, 500)
         self.epochs.setValue(10)
         layout.addRow("Epochs", self.epochs)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout.addRow(buttons)
+        add_ok_cancel(self, layout)
 
     def request(self) -> InstancesRequest:
-        chosen = [
-            str(self.classes.item(i).data(Qt.ItemDataRole.UserRole))
-            for i in range(self.classes.count())
-            if self.classes.item(i).checkState() == Qt.CheckState.Checked
-        ]
+        chosen = checked_names(self.classes)
         region = self.region_class.currentText().strip() or REGION_CLASS
         return InstancesRequest(
             classes=[c for c in chosen if c not in (UNCLASSIFIED, region)],

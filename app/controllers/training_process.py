@@ -14,8 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment
-from PySide6.QtWidgets import QProgressDialog, QWidget
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Qt
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QListWidget,
+    QProgressDialog,
+    QWidget,
+)
 
 STDERR_TAIL = 20000  # characters of stderr kept for the error message
 
@@ -143,3 +150,22 @@ def free_path(folder: Path, stem: str) -> Path:
         out = folder / f"{stem}-{n}.pt"
         n += 1
     return out
+
+
+def add_ok_cancel(dialog: QDialog, layout: QFormLayout) -> None:
+    """OK and Cancel as the training dialogs' last row."""
+    buttons = QDialogButtonBox(
+        QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+    )
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    layout.addRow(buttons)
+
+
+def checked_names(classes: QListWidget) -> list[str]:
+    """The class names (item data) of the checked items of a class list."""
+    return [
+        str(classes.item(i).data(Qt.ItemDataRole.UserRole))
+        for i in range(classes.count())
+        if classes.item(i).checkState() == Qt.CheckState.Checked
+    ]
