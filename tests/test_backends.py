@@ -306,7 +306,7 @@ def test_openvino_decoders_compile_the_prompt_shapes_statically(ov_wsi_sam, real
     model = ov_wsi_sam
     before = locale.setlocale(locale.LC_ALL)
     threads = threading.active_count()
-    prepared = OpenVinoDecoders(model, "f32")
+    prepared = OpenVinoDecoders(model, "f32", prepare=True)
     assert locale.setlocale(locale.LC_ALL) == before and threading.active_count() == threads
     lazy = OpenVinoDecoders(model, "f32", prepare=False)
     hr, _ = real_field

@@ -191,7 +191,7 @@ class OpenVinoDecoders:
     inference request per graph and calling thread.
     """
 
-    def __init__(self, model: WsiSam, precision: str = "f32", prepare: bool = True) -> None:
+    def __init__(self, model: WsiSam, precision: str = "f32", prepare: bool = False) -> None:
 
         if precision not in _OV_PRECISION:
             raise BackendError(f"OpenVINO precision must be f32, bf16 or fp16, got {precision!r}")
